@@ -1,0 +1,35 @@
+"""clatrous: dilated ("atrous") convolution in hand-written OpenCL, on any vendor's device.
+
+The public names:
+
+- :func:`conv2d`, :func:`conv1d`: the functional API (NumPy or pyopencl Arrays).
+- :class:`Conv2D`: a Keras-like layer.
+- :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
+- :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
+- :func:`devices`, :func:`default_device`: which OpenCL devices are there.
+"""
+
+from . import reference
+from .conv import conv1d, conv2d
+from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
+from .layers import Conv2D
+from .reference import dilate
+from .runtime import default_device
+from .runtime import list_devices as devices
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildError",
+    "ClatrousError",
+    "Conv2D",
+    "DeviceMemoryError",
+    "DeviceNotFoundError",
+    "UnsupportedDeviceError",
+    "conv1d",
+    "conv2d",
+    "default_device",
+    "devices",
+    "dilate",
+    "reference",
+]

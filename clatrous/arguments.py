@@ -1,0 +1,144 @@
+"""Argument checks shared by the device path and the NumPy reference.
+
+Everything here runs before any OpenCL call: a user's mistake becomes a
+``ValueError`` or ``TypeError`` that names the argument and echoes what was
+received.  Nothing here modifies the caller's arrays.
+
+Dtype policy (one function, :func:`result_dtype`): float32 and float64 inputs
+keep their dtype; bool, integer and float16 inputs compute and return
+float32; the kernel and bias are cast to the result dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import ConvGeometry, conv_geometry
+
+__all__ = ["ACTIVATIONS", "Prepared", "normalize_activation", "prepare", "result_dtype"]
+
+#: Activation names and the code the kernels use for them (``-D ACTIVATION=``).
+ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+
+
+def is_device_array(value) -> bool:
+    """True for a ``pyopencl.array.Array`` (checked without importing pyopencl)."""
+    cls = type(value)
+    return any(c.__name__ == "Array" and c.__module__.startswith("pyopencl.array") for c in cls.__mro__)
+
+
+def result_dtype(dtype, name: str = "x") -> np.dtype:
+    """The dtype a convolution of an input of ``dtype`` computes and returns."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+        return np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
+    if dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize == 2):
+        return np.dtype(np.float32)
+    raise TypeError(
+        f"{name} must hold real numbers (bool, int or float), got dtype {dtype} ({dtype.kind!r} kind)"
+    )
+
+
+def normalize_activation(activation) -> str:
+    """``None`` and ``"linear"`` mean no activation; names are case-insensitive."""
+    if activation is None:
+        return "linear"
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    name = activation.lower()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    return name
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    """A read-only view or copy of ``value`` as an ndarray, with a clear error."""
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    if is_device_array(value):
+        return value
+    if isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array of numbers, could not convert it: {exc}") from None
+    result_dtype(arr.dtype, name)  # rejects object, str, complex, datetime...
+    return arr
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated call: what both the device path and the reference consume.
+
+    ``x`` is the caller's array untouched (an ndarray or a device Array);
+    ``kernel`` and ``bias`` are C-contiguous in ``dtype`` when they were host
+    arrays, or the caller's device Arrays otherwise.
+    """
+
+    x: object
+    kernel: object
+    bias: object
+    geometry: ConvGeometry
+    dtype: np.dtype
+    activation: str
+    squeeze: bool  # 2-D image with 2-D kernel (or 1-D with 1-D): return the bare map
+
+
+def _cast_weights(value, name: str, dtype: np.dtype, shape: tuple[int, ...]):
+    if is_device_array(value):
+        if value.dtype != dtype:
+            raise TypeError(f"{name} on the device must have dtype {dtype}, got {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        return value
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def prepare(x, kernel, bias, *, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
+    """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``)."""
+    activation = normalize_activation(activation)
+    x = _as_array(x, "x")
+    kernel = _as_array(kernel, "kernel")
+    if bias is not None:
+        bias = _as_array(bias, "bias")
+    dtype = result_dtype(x.dtype, "x")
+    result_dtype(kernel.dtype, "kernel")
+
+    squeeze = False
+    x_shape, k_shape = tuple(x.shape), tuple(kernel.shape)
+    if len(x_shape) == ndim and len(k_shape) == ndim:
+        if is_device_array(x) or is_device_array(kernel):
+            raise ValueError(
+                f"the {ndim}-D shorthand takes host arrays; give a device x as "
+                f"{'(N, L, C_in)' if ndim == 1 else '(N, H, W, C_in)'}"
+            )
+        squeeze = True
+        x = x.reshape((1, *x_shape, 1))
+        kernel = kernel.reshape((*k_shape, 1, 1))
+    elif len(x_shape) != ndim + 2:
+        layout = "(N, L, C_in)" if ndim == 1 else "(N, H, W, C_in)"
+        raise ValueError(
+            f"x must be {ndim + 2}-D {layout} (or {ndim}-D with a {ndim}-D kernel), got shape {x_shape}"
+        )
+
+    geometry = conv_geometry(
+        tuple(x.shape),
+        tuple(kernel.shape),
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        ndim=ndim,
+    )
+    kernel = _cast_weights(kernel, "kernel", dtype, tuple(kernel.shape))
+    if bias is not None:
+        result_dtype(bias.dtype, "bias")
+        if bias.ndim != 1:
+            raise ValueError(f"bias must be 1-D of length {geometry.cout}, got shape {tuple(bias.shape)}")
+        bias = _cast_weights(bias, "bias", dtype, (geometry.cout,))
+    return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)

@@ -1,0 +1,209 @@
+"""``conv1d`` and ``conv2d``: validate, plan, launch.
+
+The path of a call: :func:`clatrous.arguments.prepare` checks every argument
+(no OpenCL yet); :func:`clatrous.runtime.get_runtime` finds the queue; the
+launch plan for (device, geometry, dtype, activation, bias) comes from a
+per-process cache, filled on first use from :mod:`clatrous.tuning`; then the
+inputs are uploaded, the kernel runs and the output comes back.  A repeated
+call builds nothing and allocates only its inputs and output.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from . import tuning, variants
+from .arguments import Prepared, is_device_array, prepare
+from .errors import UnsupportedDeviceError
+from .runtime import KernelHandle, Runtime, get_runtime, settings
+
+__all__ = ["conv1d", "conv2d"]
+
+_MF = cl.mem_flags
+_plans: dict[tuple, tuple[variants.Plan, KernelHandle]] = {}
+_plans_lock = threading.Lock()
+
+
+def conv2d(
+    x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, device=None
+):
+    """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
+
+    Computes what Keras ``Conv2D(dilation_rate=...)``, TensorFlow and PyTorch
+    compute: for every output pixel and output channel,
+    ``sum over ky, kx, ci of x[n, oy*sh + ky*dh - pad_top, ox*sw + kx*dw - pad_left, ci]
+    * kernel[ky, kx, ci, co]``, plus ``bias[co]``, through ``activation``.
+
+    Parameters
+    ----------
+    x : (N, H, W, C_in) array_like or pyopencl.array.Array
+        Channels last.  A 2-D image with a 2-D kernel is shorthand for one
+        channel in and out, and returns a 2-D map.
+    kernel : (kh, kw, C_in, C_out) array_like
+    bias : (C_out,) array_like, optional
+    strides, dilation_rate : int or (int, int)
+        Per (rows, cols).  Strides and dilation above 1 may be combined.
+    padding : {"valid", "same"}, int, (int, int) or ((top, bottom), (left, right))
+        ``"same"`` follows TensorFlow: output ``ceil(n/s)``, the odd pixel of
+        padding at the bottom/right.  Words are case-insensitive.
+    activation : {None, "linear", "relu", "sigmoid", "tanh"}
+        Applied inside the kernel.
+    device : pyopencl Device, Context or CommandQueue, optional
+        Default: ``CLATROUS_DEVICE``, else the first GPU, else the first CPU.
+
+    Returns
+    -------
+    (N, Ho, Wo, C_out) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+        float64 when ``x`` is float64, float32 otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np, clatrous
+    >>> simg = np.array([[4, 5, 8, 7], [1, 8, 8, 8], [3, 6, 6, 4], [6, 5, 7, 8]], np.float32)
+    >>> clatrous.conv2d(simg, np.array([[10, -8], [15, -2]]), dilation_rate=2)
+    array([[ 9., 76.],
+           [22., 75.]], dtype=float32)
+    """
+    prepared = prepare(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        activation=activation,
+        ndim=2,
+    )
+    out = _execute(prepared, device, prepared.geometry.output_shape)
+    return out[0, :, :, 0] if prepared.squeeze else out
+
+
+def conv1d(
+    x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, device=None
+):
+    """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
+
+    Parameters
+    ----------
+    x : (N, L, C_in) array_like or pyopencl.array.Array
+        A 1-D signal with a 1-D kernel is shorthand for one channel in and out.
+    kernel : (k, C_in, C_out) array_like
+    bias : (C_out,) array_like, optional
+    strides, dilation_rate : int
+    padding : {"valid", "same", "causal"}, int or (left, right)
+        ``"causal"`` pads ``dilation_rate * (k - 1)`` on the left only, as
+        WaveNet does, so output ``t`` sees inputs up to ``t``.
+    activation, device
+        As for :func:`conv2d`.
+
+    Returns
+    -------
+    (N, Lo, C_out) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+    """
+    prepared = prepare(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        activation=activation,
+        ndim=1,
+    )
+    g = prepared.geometry
+    out = _execute(prepared, device, (g.n, g.wo, g.cout))
+    return out[0, :, 0] if prepared.squeeze else out
+
+
+# ---------------------------------------------------------------- launch
+
+
+def _runtime_for(prepared: Prepared, device) -> Runtime:
+    if is_device_array(prepared.x):
+        if device is not None and device is not prepared.x.queue:
+            raise ValueError("device must be left out when x is a pyopencl Array (x's queue is used)")
+        return get_runtime(prepared.x.queue)
+    return get_runtime(device)
+
+
+def plan_for(runtime: Runtime, prepared: Prepared) -> tuple[variants.Plan, KernelHandle]:
+    """The cached launch plan and built kernel for this runtime and call."""
+    g = prepared.geometry
+    has_bias = prepared.bias is not None
+    key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias)
+    entry = _plans.get(key)
+    if entry is None:
+        variant, config = tuning.choose(runtime.info, g, prepared.dtype)
+        plan = variants.make_plan(variant, config, g, prepared.dtype, prepared.activation, has_bias)
+        entry = (plan, runtime.kernel(plan.source, plan.options, plan.kernel_name))
+        with _plans_lock:
+            _plans[key] = entry
+    return entry
+
+
+def _check_device(runtime: Runtime, prepared: Prepared) -> None:
+    if prepared.dtype == np.float64 and not runtime.info.fp64:
+        raise UnsupportedDeviceError(
+            f"x is float64 but device {runtime.info.name!r} ({runtime.info.platform}) has no "
+            "cl_khr_fp64; pass float32 data or choose another device"
+        )
+    if not variants.fits_int32(prepared.geometry):
+        raise ValueError(f"a size of {prepared.geometry} exceeds the kernels' 32-bit indices")
+
+
+def _device_buffer(runtime: Runtime, value, dtype: np.dtype, name: str):
+    """A buffer holding ``value`` (host array or device Array) as contiguous ``dtype``."""
+    if is_device_array(value):
+        if value.dtype != dtype:
+            raise TypeError(f"{name} on the device must have dtype {dtype}, got {value.dtype}")
+        if not value.flags.c_contiguous:
+            raise ValueError(f"{name} on the device must be C-contiguous")
+        if value.context != runtime.context:
+            raise ValueError(f"{name} lives in another OpenCL context than the device used")
+        if value.offset == 0:
+            return value.base_data
+        # A view with an offset: copy on the device so vector loads stay aligned.
+        buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
+        cl.enqueue_copy(runtime.queue, buf, value.base_data, src_offset=value.offset, byte_count=value.nbytes)
+        return buf
+    host = np.ascontiguousarray(value, dtype=dtype)
+    return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
+
+
+def _execute(prepared: Prepared, device, out_shape: tuple[int, ...]):
+    runtime = _runtime_for(prepared, device)
+    dtype = prepared.dtype
+    on_device = is_device_array(prepared.x)
+    if on_device and prepared.x.dtype != dtype:
+        raise TypeError(f"x on the device must be float32 or float64, got {prepared.x.dtype}")
+    _check_device(runtime, prepared)
+
+    if 0 in out_shape:
+        if on_device:
+            return cl_array.empty(runtime.queue, out_shape, dtype)
+        return np.empty(out_shape, dtype)
+
+    plan, handle = plan_for(runtime, prepared)
+    queue = runtime.queue
+    x_buf = _device_buffer(runtime, prepared.x, dtype, "x")
+    w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")
+    b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, "bias")
+    if on_device:
+        result = cl_array.empty(queue, out_shape, dtype)
+        y_buf = result.base_data
+    else:
+        result = np.empty(out_shape, dtype)
+        y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes)
+    if settings.poison_outputs:
+        cl.enqueue_fill_buffer(queue, y_buf, np.array(np.nan, dtype), 0, result.nbytes)
+
+    with handle.lock:
+        handle.kernel.set_args(x_buf, w_buf, b_buf, y_buf, *plan.scalars)
+        cl.enqueue_nd_range_kernel(queue, handle.kernel, plan.global_size, plan.local_size)
+    if not on_device:
+        cl.enqueue_copy(queue, result, y_buf, is_blocking=True)
+    return result

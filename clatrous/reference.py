@@ -1,0 +1,138 @@
+"""The NumPy oracle: the same ``conv1d`` / ``conv2d`` as the device, no device.
+
+Every device kernel, variant and tuned configuration is tested against these
+functions.  They are public so that users can verify results too.
+
+The computation loops over the kernel taps (a few dozen at most) and, for
+each, multiplies a strided view of the padded input by that tap's
+``(C_in, C_out)`` weight matrix; there is no Python loop over pixels, so the
+reference is affordable on real images.  It accumulates in float64 and rounds
+to the result dtype once at the end, which makes it at least as accurate as
+any device kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arguments import is_device_array, prepare
+from .geometry import ConvGeometry
+
+__all__ = ["apply_activation", "conv1d", "conv2d", "dilate"]
+
+
+def apply_activation(values: np.ndarray, activation: str) -> np.ndarray:
+    """Apply a named activation to ``values`` in place and return them."""
+    if activation == "relu":
+        np.maximum(values, 0, out=values)
+    elif activation == "sigmoid":
+        with np.errstate(over="ignore"):
+            np.reciprocal(1.0 + np.exp(-values), out=values)
+    elif activation == "tanh":
+        np.tanh(values, out=values)
+    return values
+
+
+def _to_host(value):
+    return value.get() if is_device_array(value) else value
+
+
+def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.ndarray:
+    x = np.asarray(_to_host(x), dtype=np.float64)
+    kernel = np.asarray(_to_host(kernel), dtype=np.float64)
+    padded = np.pad(x, ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0)))
+    out = np.zeros((g.n, g.ho, g.wo, g.cout), dtype=np.float64)
+    row_span = (g.ho - 1) * g.sh + 1
+    col_span = (g.wo - 1) * g.sw + 1
+    for ky in range(g.kh):
+        r0 = ky * g.dh
+        for kx in range(g.kw):
+            c0 = kx * g.dw
+            patch = padded[:, r0 : r0 + row_span : g.sh, c0 : c0 + col_span : g.sw, :]
+            out += patch @ kernel[ky, kx]
+    if bias is not None:
+        out += np.asarray(_to_host(bias), dtype=np.float64)
+    return apply_activation(out, activation).astype(dtype)
+
+
+def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
+    """Reference 2-D dilated cross-correlation; see :func:`clatrous.conv2d`."""
+    p = prepare(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        activation=activation,
+        ndim=2,
+    )
+    out = _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
+    return out[0, :, :, 0] if p.squeeze else out
+
+
+def conv1d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
+    """Reference 1-D dilated cross-correlation; see :func:`clatrous.conv1d`."""
+    p = prepare(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        activation=activation,
+        ndim=1,
+    )
+    x4 = np.asarray(_to_host(p.x))[:, None, :, :]
+    k4 = np.asarray(_to_host(p.kernel))[None]
+    out = _conv_nhwc(x4, k4, p.bias, p.geometry, p.activation, p.dtype)[:, 0]
+    return out[0, :, 0] if p.squeeze else out
+
+
+def dilate(kernel, rate) -> np.ndarray:
+    """Insert ``rate - 1`` zeros between the taps of ``kernel`` along its spatial axes.
+
+    Parameters
+    ----------
+    kernel : array_like
+        A 1-D kernel, or a kernel whose leading axes are spatial (``(kh, kw)``,
+        ``(kh, kw, C_in, C_out)``, ``(k, C_in, C_out)``...).
+    rate : int or tuple of ints
+        An int dilates the first two axes (the only axis of a 1-D kernel); a
+        tuple gives one rate per leading spatial axis, e.g. ``(2,)`` for a
+        conv1d kernel ``(k, C_in, C_out)``.
+
+    Returns
+    -------
+    ndarray
+        A new array of the kernel's dtype; a convolution with it at rate 1
+        equals a convolution with ``kernel`` at ``dilation_rate=rate``.
+
+    Examples
+    --------
+    >>> dilate([[10, -8], [15, -2]], 2)
+    array([[ 10,   0,  -8],
+           [  0,   0,   0],
+           [ 15,   0,  -2]])
+    """
+    from .geometry import normalize_tuple
+
+    arr = np.asarray(kernel)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"kernel must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        raise ValueError(f"kernel must have at least one axis, got shape {arr.shape}")
+    if isinstance(rate, (tuple, list)):
+        rates = normalize_tuple(rate, len(rate), "rate")
+        if len(rates) == 0 or len(rates) > arr.ndim:
+            raise ValueError(f"rate must give 1 to {arr.ndim} rates for a {arr.ndim}-D kernel, got {rate!r}")
+    else:
+        rates = normalize_tuple(rate, min(2, arr.ndim), "rate")
+    shape = list(arr.shape)
+    index = []
+    for axis, r in enumerate(rates):
+        shape[axis] = (arr.shape[axis] - 1) * r + 1 if arr.shape[axis] else 0
+        index.append(slice(None, None, r))
+    out = np.zeros(shape, dtype=arr.dtype)
+    out[tuple(index)] = arr
+    return out

@@ -1,0 +1,149 @@
+"""Kernel variants: which source, which ``-D`` options, which NDRange.
+
+A *variant* is one ``.cl`` file; a *configuration* is a dict of its tunable
+parameters (tile sizes, vector widths, work-group size).  :func:`make_plan`
+turns (variant, configuration, geometry, dtype, activation, bias) into a
+:class:`Plan`: everything a launch needs, computed once and cached by the
+caller.  Geometry that changes with every call stays a run-time argument;
+what shapes the generated code (dtype, kernel extent, tiles, activation,
+bias) is a build option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arguments import ACTIVATIONS
+from .geometry import ConvGeometry
+
+__all__ = ["VARIANTS", "Plan", "applicable", "make_plan", "search_space"]
+
+_INT_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A fully specialised launch."""
+
+    variant: str
+    config: tuple[tuple[str, int], ...]
+    source: str
+    kernel_name: str
+    options: tuple[str, ...]
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    scalars: tuple[np.int32, ...]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _ndrange(counts: tuple[int, ...], local: tuple[int, ...] | None):
+    """Global size rounded up to the work-group size; the last axis is never rounded."""
+    if local is None:
+        return counts, None
+    rounded = tuple(_round_up(c, size) for c, size in zip(counts[:-1], local[:-1], strict=True)) + counts[-1:]
+    return rounded, local
+
+
+def _common_options(dtype: np.dtype, activation: str, has_bias: bool) -> list[str]:
+    real = "double" if dtype == np.float64 else "float"
+    return [f"-DREAL={real}", f"-DACTIVATION={ACTIVATIONS[activation]}", f"-DHAS_BIAS={int(has_bias)}"]
+
+
+def _local(config: dict) -> tuple[int, int, int] | None:
+    l0, l1 = config.get("LOCAL0", 0), config.get("LOCAL1", 0)
+    return (l0, l1, 1) if l0 and l1 else None
+
+
+def applicable(variant: str, g: ConvGeometry, config: dict | None = None) -> bool:
+    """Whether ``variant`` (with ``config``) can compute geometry ``g``."""
+    if variant == "plane":
+        return g.cin == 1 and g.cout == 1
+    if variant == "blocked":
+        return config is None or g.cout % config["VW"] == 0
+    return variant == "direct"
+
+
+def make_plan(
+    variant: str, config: dict, g: ConvGeometry, dtype: np.dtype, activation: str, has_bias: bool
+) -> Plan:
+    """The launch of ``variant`` with ``config`` on geometry ``g``."""
+    if not applicable(variant, g, config):
+        raise ValueError(f"variant {variant!r} with {config} cannot compute {g}")
+    options = _common_options(dtype, activation, has_bias)
+    local = _local(config)
+    if variant == "direct":
+        counts = (g.cout, g.wo, g.n * g.ho)
+        scalars = (
+            g.h,
+            g.w,
+            g.cin,
+            g.cout,
+            g.ho,
+            g.wo,
+            g.kh,
+            g.kw,
+            g.sh,
+            g.sw,
+            g.dh,
+            g.dw,
+            g.pad_top,
+            g.pad_left,
+        )
+    elif variant == "blocked":
+        vw, nv, px = config["VW"], config["NV"], config["PX"]
+        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        counts = (-(-g.cout // (vw * nv)), -(-g.wo // px), g.n * g.ho)
+        scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+    elif variant == "plane":
+        vw = config["VW"]
+        options += [f"-DVW={vw}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        counts = (-(-g.wo // vw), g.n * g.ho)
+        local = (local[0], 1) if local else None
+        scalars = (g.h, g.w, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+    global_size, local_size = _ndrange(counts, local)
+    return Plan(
+        variant=variant,
+        config=tuple(sorted(config.items())),
+        source=f"conv2d_{variant}.cl",
+        kernel_name=f"conv2d_{variant}",
+        options=tuple(options),
+        global_size=global_size,
+        local_size=local_size,
+        scalars=tuple(np.int32(v) for v in scalars),
+    )
+
+
+def fits_int32(g: ConvGeometry) -> bool:
+    """Whether every run-time index the kernels keep in 32 bits fits there."""
+    return max(g.n * g.ho, g.h * g.w, g.w * g.cin, g.wo * g.cout, g.kh * g.kw * g.cin * g.cout) <= _INT_MAX
+
+
+#: Tunable parameters per variant; the tuner walks these.
+VARIANTS = ("direct", "blocked", "plane")
+
+
+def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+    """Every configuration of ``variant`` worth trying on geometry ``g``."""
+    if variant == "direct":
+        return [{}] + [{"LOCAL0": 1, "LOCAL1": l1} for l1 in (8, 32)]
+    if variant == "plane":
+        if not applicable("plane", g):
+            return []
+        return [{"VW": vw} for vw in (4, 8, 16)]
+    configs = []
+    for vw in (1, 2, 4, 8, 16):
+        if g.cout % vw:
+            continue
+        for nv in (1, 2, 4):
+            if vw * nv > 64 or (nv > 1 and vw * nv > g.cout):
+                continue
+            for px in (1, 2, 4, 6, 8):
+                configs.append({"VW": vw, "NV": nv, "PX": px})
+    return configs

@@ -1,0 +1,173 @@
+// conv2d_blocked.cl: dilated 2-D cross-correlation, a register block per work-item.
+//
+// Each work-item computes PX neighbouring output pixels of one row times
+// VW*NV output channels, held in PX*NV vector accumulators.  For every tap and
+// input channel it loads NV weight vectors (contiguous along COUT) and PX input
+// scalars, and does PX*NV vector multiply-adds: the input is read once per
+// channel block, the weights once per pixel block.  Padding is handled inside
+// the kernel: rows of taps that fall wholly into the padding are skipped, and
+// only the edge blocks take the per-pixel checked path.
+//
+// Layout (channels last, C-contiguous, element offsets):
+//   x    (N, H, W, CIN)          input
+//   w    (KH, KW, CIN, COUT)     weights
+//   bias (COUT) or NULL          only read when HAS_BIAS
+//   y    (N, HO, WO, COUT)       output
+// Requires COUT % VW == 0 (the launch code picks VW so) and a buffer start
+// aligned to VW elements (OpenCL buffers are).
+// NDRange: dim0 = ceil(COUT / (VW*NV)), dim1 = ceil(WO / PX) (both may be
+// rounded up further), dim2 = N * HO exactly.
+// Work-item (cb, bx, n*HO + oy) computes y[n, oy, bx*PX : bx*PX+PX, cb*VW*NV : (cb+1)*VW*NV].
+
+#ifndef REAL
+#define REAL float       // element type: float or double
+#endif
+#ifndef VW
+#define VW 4             // vector width along COUT: 1, 2, 4, 8 or 16
+#endif
+#ifndef NV
+#define NV 2             // vectors per work-item: VW*NV output channels
+#endif
+#ifndef PX
+#define PX 4             // output pixels along a row per work-item
+#endif
+#ifndef KH
+#define KH 3             // kernel rows (compile-time, so the tap loops unroll)
+#endif
+#ifndef KW
+#define KW 3             // kernel columns
+#endif
+#ifndef ACTIVATION
+#define ACTIVATION 0     // 0 linear, 1 relu, 2 sigmoid, 3 tanh
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0       // 1: add bias[co] before the activation
+#endif
+
+#ifdef cl_khr_fp64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#if VW == 1
+typedef REAL realv;
+#else
+typedef CAT(REAL, VW) realv;
+#endif
+// Aligned vector access through a pointer cast: an inline load, where some
+// drivers compile vloadn() to a function call.
+#define VLOAD(p) (*(__global const realv *)(p))
+#define VSTORE(p, v) (*(__global realv *)(p) = (v))
+
+#if ACTIVATION == 1
+#define ACTIVATE(v) fmax((v), (realv)0)
+#elif ACTIVATION == 2
+#define ACTIVATE(v) ((realv)1 / ((realv)1 + exp(-(v))))
+#elif ACTIVATION == 3
+#define ACTIVATE(v) tanh(v)
+#else
+#define ACTIVATE(v) (v)
+#endif
+
+__kernel void conv2d_blocked(__global const REAL *restrict x,
+                             __global const REAL *restrict w,
+                             __global const REAL *restrict bias,
+                             __global REAL *restrict y,
+                             const int H, const int W, const int CIN, const int COUT,
+                             const int HO, const int WO,
+                             const int SH, const int SW, const int DH, const int DW,
+                             const int PT, const int PL)
+{
+    const int co0 = (int)get_global_id(0) * (VW * NV);
+    const int ox0 = (int)get_global_id(1) * PX;
+    const int row = (int)get_global_id(2);          // n * HO + oy
+    if (co0 >= COUT || ox0 >= WO) return;
+    const int n = row / HO;
+    const int oy = row - n * HO;
+
+    // Channel offsets of the NV vectors, clamped so that the loads of a last,
+    // partial channel block stay inside w; those lanes are never stored.
+    int cov[NV];
+#pragma unroll
+    for (int v = 0; v < NV; ++v) cov[v] = min(co0 + v * VW, COUT - VW);
+
+    realv acc[PX][NV];
+#pragma unroll
+    for (int p = 0; p < PX; ++p)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
+
+    const int xstep = SW * CIN;                     // between neighbouring output pixels
+    const int ix_base = ox0 * SW - PL;
+#pragma unroll
+    for (int ky = 0; ky < KH; ++ky) {
+        const int iy = oy * SH - PT + ky * DH;
+        if (iy < 0 || iy >= H) continue;            // a whole row of taps in the padding
+        const __global REAL *xrow = x + ((long)n * H + iy) * W * CIN;
+#pragma unroll
+        for (int kx = 0; kx < KW; ++kx) {
+            const int ix0 = ix_base + kx * DW;
+            const __global REAL *wt = w + (long)(ky * KW + kx) * CIN * COUT;
+            if (ix0 >= 0 && ix0 + (PX - 1) * SW < W) {
+                // Interior: all PX pixels read real input.
+                const __global REAL *xp = xrow + (long)ix0 * CIN;
+                for (int ci = 0; ci < CIN; ++ci) {
+                    realv wv[NV];
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
+#pragma unroll
+                    for (int p = 0; p < PX; ++p) {
+                        const REAL xv = xp[p * xstep + ci];
+#pragma unroll
+                        for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+                    }
+                    wt += COUT;
+                }
+            } else {
+                // Edge: pixels in the padding read zero.
+                int off[PX], inside[PX];
+                int any = 0;
+#pragma unroll
+                for (int p = 0; p < PX; ++p) {
+                    const int ix = ix0 + p * SW;
+                    inside[p] = ix >= 0 && ix < W;
+                    off[p] = inside[p] ? ix * CIN : 0;
+                    any |= inside[p];
+                }
+                if (!any) continue;                 // every pixel of the block in the padding
+                for (int ci = 0; ci < CIN; ++ci) {
+                    realv wv[NV];
+#pragma unroll
+                    for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
+#pragma unroll
+                    for (int p = 0; p < PX; ++p) {
+                        // Selected, not multiplied by a mask: a padded tap adds an
+                        // exact zero even when the row holds NaN or Inf elsewhere.
+                        const REAL xv = inside[p] ? xrow[off[p] + ci] : (REAL)0;
+#pragma unroll
+                        for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+                    }
+                    wt += COUT;
+                }
+            }
+        }
+    }
+
+    __global REAL *yrow = y + (long)row * WO * COUT;
+#pragma unroll
+    for (int p = 0; p < PX; ++p) {
+        const int ox = ox0 + p;
+        if (ox >= WO) break;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            const int co = co0 + v * VW;
+            if (co >= COUT) break;
+            realv value = acc[p][v];
+#if HAS_BIAS
+            value += VLOAD(bias + co);
+#endif
+            VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
+        }
+    }
+}

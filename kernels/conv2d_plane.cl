@@ -1,0 +1,111 @@
+// conv2d_plane.cl: dilated 2-D cross-correlation of one-channel images (CIN = COUT = 1).
+//
+// With a single channel there is nothing to vectorise along channels, so each
+// work-item holds VW neighbouring output pixels of one row in one vector.  At
+// stride 1 every tap is one unaligned vector load of the input row times a
+// scalar weight; at other strides, and where the block meets the padding, the
+// input is gathered element by element.  The KH*KW weights live in registers.
+//
+// Layout (C-contiguous, element offsets):
+//   x    (N, H, W)       input (the channel axis of length 1 dropped)
+//   w    (KH, KW)        weights
+//   bias (1) or NULL     only read when HAS_BIAS
+//   y    (N, HO, WO)     output
+// NDRange: dim0 = ceil(WO / VW) (may be rounded up further), dim1 = N * HO exactly.
+// Work-item (bx, n*HO + oy) computes y[n, oy, bx*VW : bx*VW + VW].
+
+#ifndef REAL
+#define REAL float       // element type: float or double
+#endif
+#ifndef VW
+#define VW 8             // output pixels per work-item: 2, 4, 8 or 16
+#endif
+#ifndef KH
+#define KH 3             // kernel rows (compile-time, so the tap loops unroll)
+#endif
+#ifndef KW
+#define KW 3             // kernel columns
+#endif
+#ifndef ACTIVATION
+#define ACTIVATION 0     // 0 linear, 1 relu, 2 sigmoid, 3 tanh
+#endif
+#ifndef HAS_BIAS
+#define HAS_BIAS 0       // 1: add bias[0] before the activation
+#endif
+
+#ifdef cl_khr_fp64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+typedef CAT(REAL, VW) realv;
+// A vector and its elements: element-wise loads that the compiler merges into
+// one unaligned vector load (vloadn() is an out-of-line call on some drivers).
+typedef union { realv v; REAL s[VW]; } lanes;
+
+#if ACTIVATION == 1
+#define ACTIVATE(v) fmax((v), (realv)0)
+#elif ACTIVATION == 2
+#define ACTIVATE(v) ((realv)1 / ((realv)1 + exp(-(v))))
+#elif ACTIVATION == 3
+#define ACTIVATE(v) tanh(v)
+#else
+#define ACTIVATE(v) (v)
+#endif
+
+__kernel void conv2d_plane(__global const REAL *restrict x,
+                           __global const REAL *restrict w,
+                           __global const REAL *restrict bias,
+                           __global REAL *restrict y,
+                           const int H, const int W, const int HO, const int WO,
+                           const int SH, const int SW, const int DH, const int DW,
+                           const int PT, const int PL)
+{
+    const int ox0 = (int)get_global_id(0) * VW;
+    const int row = (int)get_global_id(1);          // n * HO + oy
+    if (ox0 >= WO) return;
+    const int n = row / HO;
+    const int oy = row - n * HO;
+
+    REAL wk[KH * KW];
+#pragma unroll
+    for (int t = 0; t < KH * KW; ++t) wk[t] = w[t];
+
+    realv acc = (realv)0;
+    const int ix_base = ox0 * SW - PL;
+#pragma unroll
+    for (int ky = 0; ky < KH; ++ky) {
+        const int iy = oy * SH - PT + ky * DH;
+        if (iy < 0 || iy >= H) continue;            // a whole row of taps in the padding
+        const __global REAL *xrow = x + ((long)n * H + iy) * W;
+#pragma unroll
+        for (int kx = 0; kx < KW; ++kx) {
+            const int ix0 = ix_base + kx * DW;
+            lanes in;
+            if (SW == 1 && ix0 >= 0 && ix0 + VW <= W) {
+#pragma unroll
+                for (int i = 0; i < VW; ++i) in.s[i] = xrow[ix0 + i];
+            } else {
+#pragma unroll
+                for (int i = 0; i < VW; ++i) {
+                    const int ix = ix0 + i * SW;
+                    in.s[i] = (ix >= 0 && ix < W) ? xrow[ix] : (REAL)0;
+                }
+            }
+            acc += wk[ky * KW + kx] * in.v;
+        }
+    }
+#if HAS_BIAS
+    acc += bias[0];
+#endif
+    lanes out;
+    out.v = ACTIVATE(acc);
+    __global REAL *yrow = y + (long)row * WO;
+    if (ox0 + VW <= WO) {
+#pragma unroll
+        for (int i = 0; i < VW; ++i) yrow[ox0 + i] = out.s[i];
+    } else {
+        for (int i = 0; i < WO - ox0; ++i) yrow[ox0 + i] = out.s[i];
+    }
+}
