@@ -29,7 +29,16 @@ _plans_lock = threading.Lock()
 
 
 def conv2d(
-    x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, device=None
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    activation=None,
+    device=None,
+    _choice=None,
 ):
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
 
@@ -78,12 +87,21 @@ def conv2d(
         activation=activation,
         ndim=2,
     )
-    out = _execute(prepared, device, prepared.geometry.output_shape)
+    out = _execute(prepared, device, prepared.geometry.output_shape, _choice)
     return out[0, :, :, 0] if prepared.squeeze else out
 
 
 def conv1d(
-    x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None, device=None
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    activation=None,
+    device=None,
+    _choice=None,
 ):
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
 
@@ -115,7 +133,7 @@ def conv1d(
         ndim=1,
     )
     g = prepared.geometry
-    out = _execute(prepared, device, (g.n, g.wo, g.cout))
+    out = _execute(prepared, device, (g.n, g.wo, g.cout), _choice)
     return out[0, :, 0] if prepared.squeeze else out
 
 
@@ -130,10 +148,20 @@ def _runtime_for(prepared: Prepared, device) -> Runtime:
     return get_runtime(device)
 
 
-def plan_for(runtime: Runtime, prepared: Prepared) -> tuple[variants.Plan, KernelHandle]:
-    """The cached launch plan and built kernel for this runtime and call."""
+def plan_for(
+    runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None
+) -> tuple[variants.Plan, KernelHandle]:
+    """The launch plan and built kernel for this runtime and call.
+
+    ``choice`` forces a (variant, configuration), as the tuner and the tests
+    do; otherwise :func:`clatrous.tuning.choose` decides and the result is
+    cached for the process.
+    """
     g = prepared.geometry
     has_bias = prepared.bias is not None
+    if choice is not None:
+        plan = variants.make_plan(*choice, g, prepared.dtype, prepared.activation, has_bias)
+        return plan, runtime.kernel(plan.source, plan.options, plan.kernel_name)
     key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias)
     entry = _plans.get(key)
     if entry is None:
@@ -174,7 +202,7 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype, name: str):
     return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
 
 
-def _execute(prepared: Prepared, device, out_shape: tuple[int, ...]):
+def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
     runtime = _runtime_for(prepared, device)
     dtype = prepared.dtype
     on_device = is_device_array(prepared.x)
@@ -187,7 +215,7 @@ def _execute(prepared: Prepared, device, out_shape: tuple[int, ...]):
             return cl_array.empty(runtime.queue, out_shape, dtype)
         return np.empty(out_shape, dtype)
 
-    plan, handle = plan_for(runtime, prepared)
+    plan, handle = plan_for(runtime, prepared, choice)
     queue = runtime.queue
     x_buf = _device_buffer(runtime, prepared.x, dtype, "x")
     w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")

@@ -276,15 +276,12 @@ def _build(context: cl.Context, device: cl.Device, source: str, options: tuple[s
         try:
             program = cl.Program(context, text).build(options=list(options), devices=[device])
         except cl.Error as exc:
-            try:
-                log = cl.Program(context, text).get_build_info(device, cl.program_build_info.LOG)
-            except cl.Error:
-                log = ""
+            # PyOpenCL's message holds the compiler's log for each device.
             path = _save_failed_source(source, text, options)
             raise BuildError(
                 f"building {source} for {device.name.strip()} failed\n"
                 f"options: {' '.join(options)}\nspecialised source: {path}\n{exc}",
-                log=str(exc) if not log else log,
+                log=str(exc),
                 options=options,
                 source_path=str(path),
             ) from None

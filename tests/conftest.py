@@ -1,0 +1,45 @@
+"""Shared fixtures: the device under test, poisoned outputs, hypothesis profiles.
+
+Every test runs on clatrous's default device, which ``CLATROUS_DEVICE``
+chooses (PoCL on the CPU in CI).  Outputs are filled with NaN before every
+launch, so an element a kernel forgets to write fails the comparison.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from clatrous import runtime
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    before = runtime.settings.poison_outputs
+    runtime.settings.poison_outputs = True
+    yield
+    runtime.settings.poison_outputs = before
+
+
+@pytest.fixture(scope="session")
+def device_info():
+    return runtime.get_runtime().info
+
+
+@pytest.fixture(scope="session")
+def has_fp64(device_info):
+    return device_info.fp64
+
+
+def pytest_report_header(config):
+    try:
+        info = runtime.get_runtime().info
+    except Exception as exc:  # the header must never hide the test run itself
+        return f"clatrous device: none ({exc})"
+    return f"clatrous device: {info.platform} | {info.name} | driver {info.driver} | fp64={info.fp64}"

@@ -1,0 +1,227 @@
+"""The public API's contract: dtypes, layouts, device arrays, the layer, caching."""
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from helpers import assert_matches_reference, skip_without_fp64
+
+import clatrous
+from clatrous import reference, runtime
+
+RNG = np.random.default_rng(7)
+
+
+def _problem(n=2, h=9, w=11, cin=3, cout=4, k=3, dtype=np.float32):
+    x = RNG.standard_normal((n, h, w, cin)).astype(dtype)
+    kernel = RNG.standard_normal((k, k, cin, cout)).astype(dtype)
+    bias = RNG.standard_normal(cout).astype(dtype)
+    return x, kernel, bias
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (np.float32, np.float32),
+        (np.float64, np.float64),
+        (np.float16, np.float32),
+        (np.int64, np.float32),
+        (np.uint8, np.float32),
+        (np.int32, np.float32),
+        (bool, np.float32),
+    ],
+)
+def test_result_dtype_policy(dtype, expected):
+    skip_without_fp64(expected)
+    x = (RNG.standard_normal((1, 6, 7, 2)) * 5).astype(dtype)
+    kernel = RNG.integers(-3, 4, (2, 2, 2, 3))  # an int64 kernel is cast, as the notebook's
+    out = clatrous.conv2d(x, kernel, padding="same", dilation_rate=2)
+    assert out.dtype == expected
+    assert_matches_reference(out, x, kernel, padding="same", dilation_rate=2)
+
+
+def test_caller_arrays_are_not_modified():
+    x, kernel, bias = _problem()
+    copies = [a.copy() for a in (x, kernel, bias)]
+    for a in (x, kernel, bias):
+        a.setflags(write=False)  # any write attempt raises
+    clatrous.conv2d(x, kernel, bias, padding="same", activation="relu")
+    for a, b in zip((x, kernel, bias), copies, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_negative_strides_and_big_endian():
+    x, kernel, bias = _problem(h=12, w=14)
+    variants = {
+        "transposed": np.transpose(np.transpose(x, (0, 2, 1, 3)).copy(), (0, 2, 1, 3)),
+        "strided": np.repeat(x, 2, axis=2)[:, :, ::2, :],
+        "negative": x[:, ::-1, ::-1, :],
+        "fortran": np.asfortranarray(x),
+        "big-endian": x.astype(">f4"),
+    }
+    for name, xv in variants.items():
+        out = clatrous.conv2d(xv, kernel[::-1], bias.astype(">f4"), padding="same", dilation_rate=2)
+        assert out.dtype == np.float32, name
+        assert_matches_reference(
+            out, np.array(xv), kernel[::-1].copy(), bias, padding="same", dilation_rate=2
+        )
+
+
+def test_empty_batch_gives_empty_result():
+    x, kernel, bias = _problem(n=0)
+    out = clatrous.conv2d(x, kernel, bias, padding="same")
+    assert out.shape == (0, 9, 11, 4) and out.dtype == np.float32
+    assert clatrous.conv1d(np.zeros((0, 10, 2), np.float32), np.ones((3, 2, 5))).shape == (0, 8, 5)
+
+
+def test_zero_output_channels_gives_empty_result():
+    x, _, _ = _problem()
+    assert clatrous.conv2d(x, np.ones((3, 3, 3, 0))).shape == (2, 7, 9, 0)
+
+
+def test_shorthand_2d_and_1d():
+    img = RNG.standard_normal((10, 12))
+    k = RNG.standard_normal((3, 2))
+    out = clatrous.conv2d(img.astype(np.float32), k, dilation_rate=(2, 3))
+    assert out.shape == (6, 9)
+    np.testing.assert_allclose(
+        out, reference.conv2d(img.astype(np.float32), k, dilation_rate=(2, 3)), rtol=1e-5
+    )
+    sig = RNG.standard_normal(40).astype(np.float32)
+    out1 = clatrous.conv1d(sig, np.array([1.0, -2.0, 0.5]), dilation_rate=4, padding="causal")
+    assert out1.shape == (40,)
+    np.testing.assert_allclose(
+        out1, reference.conv1d(sig, np.array([1.0, -2.0, 0.5]), dilation_rate=4, padding="causal"), rtol=1e-5
+    )
+
+
+def test_causal_conv1d_sees_only_the_past():
+    x = RNG.standard_normal((1, 30, 2)).astype(np.float32)
+    kernel = RNG.standard_normal((3, 2, 4)).astype(np.float32)
+    base = clatrous.conv1d(x, kernel, padding="causal", dilation_rate=5)
+    changed = x.copy()
+    changed[0, 20:] += 100
+    after = clatrous.conv1d(changed, kernel, padding="causal", dilation_rate=5)
+    np.testing.assert_array_equal(base[0, :20], after[0, :20])
+    assert not np.allclose(base[0, 20:], after[0, 20:])
+
+
+def test_same_padding_follows_tensorflow():
+    # n=10, k=3, d=2, s=3: out ceil(10/3)=4, total pad (4-1)*3 + 5 - 10 = 4, split 2/2.
+    # n=11: out 4, total 3, split 1 top / 2 bottom (the odd pixel at the bottom).
+    x = RNG.standard_normal((1, 11, 10, 1)).astype(np.float32)
+    k = RNG.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    out = clatrous.conv2d(x, k, strides=3, dilation_rate=2, padding="same")
+    explicit = clatrous.conv2d(x, k, strides=3, dilation_rate=2, padding=((1, 2), (2, 2)))
+    assert out.shape == (1, 4, 4, 1)
+    np.testing.assert_array_equal(out, explicit)
+
+
+def test_device_array_in_gives_array_out_on_the_same_queue():
+    queue = runtime.get_runtime().queue
+    x, kernel, bias = _problem()
+    x_dev = cl_array.to_device(queue, x)
+    out = clatrous.conv2d(x_dev, kernel, bias, padding="same", dilation_rate=2)
+    assert isinstance(out, cl_array.Array) and out.queue is queue
+    assert_matches_reference(out.get(), x, kernel, bias, padding="same", dilation_rate=2)
+    # kernel and bias may live on the device too
+    out2 = clatrous.conv2d(
+        x_dev,
+        cl_array.to_device(queue, kernel),
+        cl_array.to_device(queue, bias),
+        padding="same",
+        dilation_rate=2,
+    )
+    np.testing.assert_array_equal(out2.get(), out.get())
+
+
+def test_device_array_view_with_offset():
+    queue = runtime.get_runtime().queue
+    x, kernel, _ = _problem(n=3)
+    x_dev = cl_array.to_device(queue, x)[1:]
+    assert x_dev.offset > 0
+    out = clatrous.conv2d(x_dev, kernel)
+    assert_matches_reference(out.get(), x[1:], kernel)
+
+
+def test_device_argument_forms():
+    rt = runtime.get_runtime()
+    x, kernel, _ = _problem()
+    expected = clatrous.conv2d(x, kernel)
+    for device in (rt.device, rt.context, rt.queue):
+        np.testing.assert_array_equal(clatrous.conv2d(x, kernel, device=device), expected)
+
+
+def test_repeated_call_builds_nothing():
+    x, kernel, bias = _problem()
+    clatrous.conv2d(x, kernel, bias, padding="same", dilation_rate=3)
+    builds = runtime.settings.build_count
+    for _ in range(5):
+        clatrous.conv2d(x, kernel, bias, padding="same", dilation_rate=3)
+    x2, _, _ = _problem(h=9, w=11)
+    clatrous.conv2d(x2, kernel, bias, padding="same", dilation_rate=3)
+    assert runtime.settings.build_count == builds
+
+
+def test_activation_words():
+    x, kernel, bias = _problem()
+    for activation in (None, "linear", "relu", "sigmoid", "tanh", "ReLU"):
+        out = clatrous.conv2d(x, kernel, bias, activation=activation)
+        assert_matches_reference(out, x, kernel, bias, activation=activation)
+
+
+def test_float64_precision():
+    skip_without_fp64(np.float64)
+    x, kernel, bias = _problem(dtype=np.float64)
+    out = clatrous.conv2d(x, kernel, bias, padding="same", dilation_rate=2)
+    expected = reference.conv2d(x, kernel, bias, padding="same", dilation_rate=2)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+class TestConv2DLayer:
+    def test_build_on_one_size_call_on_another(self):
+        layer = clatrous.Conv2D(4, (3, 2), padding="same", dilation_rate=(2, 1), activation="tanh")
+        layer.build((1, 7, 7, 3))
+        x = RNG.standard_normal((2, 20, 17, 3)).astype(np.float32)
+        kernel, bias = layer.get_weights()
+        assert kernel.shape == (3, 2, 3, 4) and bias.shape == (4,)
+        out = layer(x)
+        assert out.shape == layer.compute_output_shape(x.shape) == (2, 20, 17, 4)
+        assert_matches_reference(
+            out, x, kernel, bias, padding="same", dilation_rate=(2, 1), activation="tanh"
+        )
+
+    def test_set_and_get_weights_copy(self):
+        layer = clatrous.Conv2D(2, 3)
+        layer.build((None, 5, 5, 1))
+        kernel = RNG.standard_normal((3, 3, 1, 2))
+        bias = np.array([0.5, -0.5])
+        layer.set_weights([kernel, bias])
+        kernel[:] = 0  # the layer keeps its own copy
+        got = layer.get_weights()
+        assert got[0].dtype == np.float32 and np.any(got[0] != 0)
+        got[0][:] = 7  # and hands out copies
+        assert np.all(layer.get_weights()[0] != 7)
+
+    def test_config_round_trip(self):
+        layer = clatrous.Conv2D(8, 3, strides=2, padding=((1, 0), (0, 1)), dilation_rate=3, activation="relu")
+        clone = clatrous.Conv2D.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+        # rows: (40 + 1 + 0 - 3*(3-1) - 1) // 2 + 1 = 18
+        assert clatrous.Conv2D(**layer.get_config()).compute_output_shape((None, 40, None, 2)) == (
+            None, 18, None, 8,
+        )  # fmt: skip
+
+    def test_no_bias_and_builds_lazily(self):
+        layer = clatrous.Conv2D(3, 2, use_bias=False)
+        x = RNG.standard_normal((1, 5, 6, 2))
+        out = layer(x)  # float64 input, float32 layer: cast as Keras does
+        assert out.dtype == np.float32 and out.shape == (1, 4, 5, 3)
+        assert len(layer.get_weights()) == 1
+
+
+def test_devices_command_lists_the_default(capsys):
+    from clatrous.__main__ import main
+
+    assert main(["devices"]) == 0
+    text = capsys.readouterr().out
+    assert "*" in text and runtime.get_runtime().info.name in text

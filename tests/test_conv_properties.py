@@ -1,0 +1,99 @@
+"""conv2d and conv1d against clatrous.reference on random geometry.
+
+Covers random batch, sizes, channels, rectangular kernels, per-axis dilation
+and strides, every padding form, bias, activation and dtype; and every kernel
+variant with every configuration of its search space, as the tuner may pick
+any of them.
+"""
+
+import numpy as np
+from helpers import assert_matches_reference, skip_without_fp64
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import conv1d_problem, conv2d_problem
+
+import clatrous
+from clatrous import reference, variants
+from clatrous.arguments import prepare
+
+
+@given(conv2d_problem())
+def test_conv2d_matches_reference(problem):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    out = clatrous.conv2d(x, kernel, bias, **kwargs)
+    assert_matches_reference(out, x, kernel, bias, **kwargs)
+
+
+@given(conv1d_problem())
+def test_conv1d_matches_reference(problem):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    out = clatrous.conv1d(x, kernel, bias, **kwargs)
+    assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
+
+
+@given(conv2d_problem(), st.data())
+def test_every_variant_and_configuration(problem, data):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+    choices = [
+        (variant, config)
+        for variant in variants.VARIANTS
+        for config in variants.search_space(variant, g, x.dtype)
+        if variants.applicable(variant, g, config)
+    ]
+    variant, config = data.draw(st.sampled_from(choices), label="variant, config")
+    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=(variant, config))
+    assert_matches_reference(out, x, kernel, bias, **kwargs)
+
+
+@given(conv1d_problem(), st.data())
+def test_every_variant_on_conv1d(problem, data):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    g = prepare(x, kernel, bias, ndim=1, **kwargs).geometry
+    choices = [
+        (variant, config)
+        for variant in variants.VARIANTS
+        for config in variants.search_space(variant, g, x.dtype)
+        if variants.applicable(variant, g, config)
+    ]
+    variant, config = data.draw(st.sampled_from(choices), label="variant, config")
+    out = clatrous.conv1d(x, kernel, bias, **kwargs, _choice=(variant, config))
+    assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
+
+
+def _naive_undilated(x, kernel, bias, sh, sw, pads, activation):
+    """An independent formulation: explicit loops over output pixels, no dilation."""
+    (pt, pb), (pl, pr) = pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    kh, kw, _, cout = kernel.shape
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    out = np.empty((x.shape[0], ho, wo, cout))
+    for i in range(ho):
+        for j in range(wo):
+            window = xp[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            out[:, i, j, :] = np.einsum("nhwc,hwco->no", window, kernel.astype(np.float64))
+    if bias is not None:
+        out += bias
+    return {
+        None: lambda v: v,
+        "linear": lambda v: v,
+        "relu": lambda v: np.maximum(v, 0),
+        "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+        "tanh": np.tanh,
+    }[activation](out)
+
+
+@given(conv2d_problem())
+def test_reference_equals_dilated_kernel_without_dilation(problem):
+    x, kernel, bias, kwargs = problem
+    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+    stuffed = clatrous.dilate(kernel, (g.dh, g.dw))
+    pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
+    expected = _naive_undilated(x, stuffed, bias, g.sh, g.sw, pads, kwargs["activation"])
+    got = reference.conv2d(x, kernel, bias, **kwargs)
+    np.testing.assert_allclose(got, expected, rtol=1e-5 if x.dtype == np.float32 else 1e-12, atol=1e-5)

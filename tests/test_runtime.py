@@ -1,0 +1,79 @@
+"""Device choice, capability checks and the program cache."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import clatrous
+from clatrous import runtime
+from clatrous.errors import BuildError, DeviceNotFoundError, UnsupportedDeviceError
+
+
+@pytest.fixture
+def fresh_default(monkeypatch):
+    """Let a test choose the default device again, then restore the real one."""
+    monkeypatch.setattr(runtime, "_default", None)
+    yield
+    monkeypatch.setattr(runtime, "_default", None)
+
+
+def test_environment_variable_picks_by_name(monkeypatch, fresh_default):
+    info = runtime.get_runtime().info
+    monkeypatch.setenv("CLATROUS_DEVICE", info.name[-6:].upper())
+    assert runtime.device_info(runtime.default_device()).name.casefold().endswith(info.name[-6:].casefold())
+
+
+def test_environment_variable_picks_by_indices(monkeypatch, fresh_default):
+    pi, di, _, device = runtime.list_devices()[-1]
+    monkeypatch.setenv("CLATROUS_DEVICE", f"{pi}:{di}")
+    assert runtime.default_device().int_ptr == device.int_ptr
+
+
+def test_environment_variable_without_match_lists_devices(monkeypatch, fresh_default):
+    monkeypatch.setenv("CLATROUS_DEVICE", "__import__('os').system('false')")
+    with pytest.raises(DeviceNotFoundError, match="no OpenCL device matches") as info:
+        runtime.default_device()
+    assert "available:" in str(info.value)
+
+
+def test_float64_on_a_device_without_fp64_is_a_clear_error(monkeypatch):
+    rt = runtime.get_runtime()
+    monkeypatch.setattr(rt, "info", dataclasses.replace(rt.info, fp64=False))
+    x = np.ones((1, 5, 5, 1))
+    with pytest.raises(UnsupportedDeviceError, match="float64") as info:
+        clatrous.conv2d(x, np.ones((2, 2, 1, 1)))
+    assert rt.info.name in str(info.value)
+    assert isinstance(info.value, TypeError)
+    # float32 still works on such a device
+    assert clatrous.conv2d(x.astype(np.float32), np.ones((2, 2, 1, 1))).dtype == np.float32
+
+
+def test_build_failure_carries_log_options_and_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
+    rt = runtime.get_runtime()
+    options = ("-DREAL=no_such_type", "-DACTIVATION=0")
+    with pytest.raises(BuildError) as info:
+        rt.kernel("conv2d_direct.cl", options, "conv2d_direct")
+    err = info.value
+    assert err.options == options
+    assert "no_such_type" in err.log
+    assert "-DREAL=no_such_type" in str(err) and err.source_path in str(err)
+    saved = open(err.source_path).read()
+    assert saved.startswith("// conv2d_direct.cl built with: -DREAL=no_such_type")
+    assert "#define REAL no_such_type" in saved
+
+
+def test_each_program_builds_once():
+    rt = runtime.get_runtime()
+    options = ("-DREAL=float", "-DACTIVATION=1", "-DHAS_BIAS=1")
+    first = rt.kernel("conv2d_direct.cl", options, "conv2d_direct")
+    count = runtime.settings.build_count
+    assert rt.kernel("conv2d_direct.cl", options, "conv2d_direct") is first
+    assert runtime.settings.build_count == count
+
+
+def test_every_kernel_source_compiles_alone_with_its_defaults():
+    rt = runtime.get_runtime()
+    for name in ("conv2d_direct", "conv2d_blocked", "conv2d_plane"):
+        rt.kernel(f"{name}.cl", (), name)
