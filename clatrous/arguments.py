@@ -23,10 +23,17 @@ __all__ = ["ACTIVATIONS", "Prepared", "normalize_activation", "prepare", "result
 ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
+_device_array_types: dict[type, bool] = {}
+
+
 def is_device_array(value) -> bool:
     """True for a ``pyopencl.array.Array`` (checked without importing pyopencl)."""
     cls = type(value)
-    return any(c.__name__ == "Array" and c.__module__.startswith("pyopencl.array") for c in cls.__mro__)
+    known = _device_array_types.get(cls)
+    if known is None:
+        known = any(c.__name__ == "Array" and c.__module__.startswith("pyopencl.array") for c in cls.__mro__)
+        _device_array_types[cls] = known
+    return known
 
 
 def result_dtype(dtype, name: str = "x") -> np.dtype:
@@ -100,8 +107,39 @@ def _cast_weights(value, name: str, dtype: np.dtype, shape: tuple[int, ...]):
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+# Validated geometry per call signature: a repeated call skips the checks
+# that depend only on shapes, dtypes and the geometry arguments.  The key uses
+# repr() so that, say, strides=True is never mistaken for strides=1.
+_signatures: dict[tuple, tuple[ConvGeometry, np.dtype, str, bool]] = {}
+_MAX_SIGNATURES = 1024
+
+
 def prepare(x, kernel, bias, *, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
     """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``)."""
+    if type(x) is np.ndarray and type(kernel) is np.ndarray and (bias is None or type(bias) is np.ndarray):
+        key = (
+            ndim, x.shape, x.dtype.str, kernel.shape, kernel.dtype.str,
+            None if bias is None else (bias.shape, bias.dtype.str),
+            repr(strides), repr(padding), repr(dilation_rate), repr(activation),
+        )  # fmt: skip
+        known = _signatures.get(key)
+        if known is None:
+            prepared = _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+            if len(_signatures) < _MAX_SIGNATURES:
+                _signatures[key] = (prepared.geometry, prepared.dtype, prepared.activation, prepared.squeeze)
+            return prepared
+        geometry, dtype, activation, squeeze = known
+        if squeeze:
+            x = x.reshape((1, *x.shape, 1))
+            kernel = kernel.reshape((*kernel.shape, 1, 1))
+        kernel = np.ascontiguousarray(kernel, dtype=dtype)
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=dtype)
+        return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)
+    return _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+
+
+def _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
     activation = normalize_activation(activation)
     x = _as_array(x, "x")
     kernel = _as_array(kernel, "kernel")

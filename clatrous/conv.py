@@ -19,13 +19,13 @@ import pyopencl.array as cl_array
 from . import tuning, variants
 from .arguments import Prepared, is_device_array, prepare
 from .errors import UnsupportedDeviceError
-from .runtime import KernelHandle, Runtime, get_runtime, settings
+from .runtime import Runtime, get_runtime, settings
 
 __all__ = ["conv1d", "conv2d"]
 
 _MF = cl.mem_flags
-_plans: dict[tuple, tuple[variants.Plan, KernelHandle]] = {}
-_plans_lock = threading.Lock()
+_launches: dict[tuple, Launch] = {}
+_launches_lock = threading.Lock()
 
 
 def conv2d(
@@ -148,29 +148,45 @@ def _runtime_for(prepared: Prepared, device) -> Runtime:
     return get_runtime(device)
 
 
-def plan_for(
-    runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None
-) -> tuple[variants.Plan, KernelHandle]:
-    """The launch plan and built kernel for this runtime and call.
+class Launch:
+    """A plan with its own kernel object, whose geometry arguments are set once.
+
+    Setting a scalar kernel argument costs microseconds on some drivers, so
+    each plan keeps a kernel whose scalars never change; a call sets only the
+    four buffers, under the lock, then enqueues.
+    """
+
+    __slots__ = ("plan", "kernel", "lock")
+
+    def __init__(self, runtime: Runtime, plan: variants.Plan):
+        self.plan = plan
+        self.kernel = cl.Kernel(runtime.program(plan.source, plan.options), plan.kernel_name)
+        for index, value in enumerate(plan.scalars, start=4):
+            self.kernel.set_arg(index, value)
+        self.lock = threading.Lock()
+
+
+def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None) -> Launch:
+    """The launch for this runtime and call.
 
     ``choice`` forces a (variant, configuration), as the tuner and the tests
-    do; otherwise :func:`clatrous.tuning.choose` decides and the result is
+    do; otherwise :func:`clatrous.tuning.choose` decides and the launch is
     cached for the process.
     """
     g = prepared.geometry
     has_bias = prepared.bias is not None
     if choice is not None:
         plan = variants.make_plan(*choice, g, prepared.dtype, prepared.activation, has_bias)
-        return plan, runtime.kernel(plan.source, plan.options, plan.kernel_name)
+        return Launch(runtime, plan)
     key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias)
-    entry = _plans.get(key)
-    if entry is None:
+    launch = _launches.get(key)
+    if launch is None:
         variant, config = tuning.choose(runtime.info, g, prepared.dtype)
         plan = variants.make_plan(variant, config, g, prepared.dtype, prepared.activation, has_bias)
-        entry = (plan, runtime.kernel(plan.source, plan.options, plan.kernel_name))
-        with _plans_lock:
-            _plans[key] = entry
-    return entry
+        launch = Launch(runtime, plan)
+        with _launches_lock:
+            launch = _launches.setdefault(key, launch)
+    return launch
 
 
 def _check_device(runtime: Runtime, prepared: Prepared) -> None:
@@ -202,6 +218,29 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype, name: str):
     return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
 
 
+# Devices that compute in host memory (CPUs) can use a host array in place
+# when it starts on this boundary (CL_DEVICE_MEM_BASE_ADDR_ALIGN on common
+# drivers), which saves copying the input in and the output out.
+_ALIGN = 128
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _input_buffer(runtime: Runtime, value, dtype: np.dtype):
+    """The input ``x``: shared in place on a host-memory device when it can be."""
+    if runtime.info.host_memory and not is_device_array(value):
+        host = np.ascontiguousarray(value, dtype=dtype)
+        if host.ctypes.data % _ALIGN == 0 and host.flags.writeable:
+            # READ_ONLY: the kernels never write x, so the caller's array is safe.
+            return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=host)
+    return _device_buffer(runtime, value, dtype, "x")
+
+
 def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
     runtime = _runtime_for(prepared, device)
     dtype = prepared.dtype
@@ -215,23 +254,41 @@ def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None
             return cl_array.empty(runtime.queue, out_shape, dtype)
         return np.empty(out_shape, dtype)
 
-    plan, handle = plan_for(runtime, prepared, choice)
+    launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
-    x_buf = _device_buffer(runtime, prepared.x, dtype, "x")
+    x_buf = _input_buffer(runtime, prepared.x, dtype)
     w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")
     b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, "bias")
     if on_device:
         result = cl_array.empty(queue, out_shape, dtype)
         y_buf = result.base_data
+    elif runtime.info.host_memory:
+        result = _aligned_empty(out_shape, dtype)
+        y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result)
     else:
         result = np.empty(out_shape, dtype)
         y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes)
     if settings.poison_outputs:
         cl.enqueue_fill_buffer(queue, y_buf, np.array(np.nan, dtype), 0, result.nbytes)
 
-    with handle.lock:
-        handle.kernel.set_args(x_buf, w_buf, b_buf, y_buf, *plan.scalars)
-        cl.enqueue_nd_range_kernel(queue, handle.kernel, plan.global_size, plan.local_size)
-    if not on_device:
+    plan, kernel = launch.plan, launch.kernel
+    with launch.lock:
+        kernel.set_arg(0, x_buf)
+        kernel.set_arg(1, w_buf)
+        kernel.set_arg(2, b_buf)
+        kernel.set_arg(3, y_buf)
+        cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
+    if on_device:
+        return result
+    if runtime.info.host_memory:
+        # Mapping makes the device's writes visible in ``result`` (no copy
+        # when the driver used the host memory in place); then unmap.
+        mapped, _ = cl.enqueue_map_buffer(
+            queue, y_buf, cl.map_flags.READ, 0, out_shape, dtype, is_blocking=True
+        )
+        if mapped.ctypes.data != result.ctypes.data:
+            np.copyto(result, mapped)
+        mapped.base.release(queue)
+    else:
         cl.enqueue_copy(queue, result, y_buf, is_blocking=True)
     return result

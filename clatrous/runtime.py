@@ -87,6 +87,7 @@ class DeviceInfo:
     max_work_group: int
     local_mem: int
     compute_units: int
+    host_memory: bool  # a CPU computing in host memory: buffers may alias host arrays
 
     @property
     def key(self) -> str:
@@ -114,9 +115,17 @@ def device_info(device: cl.Device) -> DeviceInfo:
             max_work_group=int(device.max_work_group_size),
             local_mem=int(device.local_mem_size),
             compute_units=int(device.max_compute_units),
+            host_memory=kind == "cpu" and _host_unified(device),
         )
         _info_cache[device.int_ptr] = info
     return info
+
+
+def _host_unified(device: cl.Device) -> bool:
+    try:
+        return bool(device.host_unified_memory)
+    except cl.Error:  # deprecated query; a driver may refuse it
+        return False
 
 
 def list_devices() -> list[tuple[int, int, cl.Platform, cl.Device]]:
@@ -227,16 +236,6 @@ def kernel_source(name: str) -> str:
     return source
 
 
-class KernelHandle:
-    """A built kernel and the lock that makes set-args-then-enqueue atomic."""
-
-    __slots__ = ("kernel", "lock")
-
-    def __init__(self, kernel: cl.Kernel):
-        self.kernel = kernel
-        self.lock = threading.Lock()
-
-
 class Runtime:
     """A command queue, its device's facts, and the programs built for it."""
 
@@ -245,21 +244,10 @@ class Runtime:
         self.context = queue.context
         self.device = queue.device
         self.info = device_info(self.device)
-        self._kernels: dict[tuple, KernelHandle] = {}
-        self._lock = threading.Lock()
 
-    def kernel(self, source: str, options: tuple[str, ...], name: str) -> KernelHandle:
-        """The kernel ``name`` of ``source`` built with ``options``, built at most once."""
-        key = (source, options, name)
-        handle = self._kernels.get(key)
-        if handle is None:
-            with self._lock:
-                handle = self._kernels.get(key)
-                if handle is None:
-                    program = _build(self.context, self.device, source, options)
-                    handle = KernelHandle(getattr(program, name))
-                    self._kernels[key] = handle
-        return handle
+    def program(self, source: str, options: tuple[str, ...]) -> cl.Program:
+        """``source`` built with ``options`` for this device, built at most once per process."""
+        return _build(self.context, self.device, source, options)
 
 
 _program_cache: dict[tuple, cl.Program] = {}

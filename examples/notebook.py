@@ -61,10 +61,20 @@ f = np.r_[
     [1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0],
 ].reshape(3, 3, 1, 2)
 
+
+def panel(position, picture, title=None, cmap=plt.cm.Greys_r):
+    """One subplot, as the notebook draws them: no axes, optional title."""
+    plt.subplot(position)
+    plt.imshow(picture, cmap=cmap)
+    plt.axis("off")
+    if title:
+        plt.title(title)
+
+
 plt.figure(figsize=(5, 2))
-plt.subplot(131); plt.imshow(img[0, :, :, 0], cmap=plt.cm.Greys_r); plt.axis("off")  # fmt: skip
-plt.subplot(132); plt.imshow(f[:, :, 0, 0]); plt.axis("off")  # fmt: skip
-plt.subplot(133); plt.imshow(f[:, :, 0, 1]); plt.axis("off")  # fmt: skip
+panel(131, img[0, :, :, 0])
+panel(132, f[:, :, 0, 0], cmap=None)
+panel(133, f[:, :, 0, 1], cmap=None)
 plt.savefig("notebook_filters.png", bbox_inches="tight")
 plt.close()
 
@@ -75,9 +85,9 @@ if not info.fp64:
 
 def three_panels(original, result, name):
     plt.figure(figsize=(10, 6))
-    plt.subplot(131); plt.imshow(original[0, :, :, 0], cmap=plt.cm.Greys_r); plt.axis("off"); plt.title("original")  # fmt: skip
-    plt.subplot(132); plt.imshow(result[0, :, :, 0], cmap=plt.cm.Greys_r); plt.axis("off"); plt.title("conv filter 0")  # fmt: skip
-    plt.subplot(133); plt.imshow(result[0, :, :, 1], cmap=plt.cm.Greys_r); plt.axis("off"); plt.title("conv filter 1")  # fmt: skip
+    panel(131, original[0, :, :, 0], "original")
+    panel(132, result[0, :, :, 0], "conv filter 0")
+    panel(133, result[0, :, :, 1], "conv filter 1")
     plt.savefig(name, bbox_inches="tight")
     plt.close()
 
@@ -106,13 +116,18 @@ print("resized, then dilation_rate=1:", csimg.shape)
 three_panels(simg, csimg, "notebook_resized.png")
 
 plt.figure(figsize=(10, 4))
-for i, (title, picture) in enumerate(
-    [("original", img), ("rate 1", results[1]), ("rate 2", results[2]), ("resize to 30, rate 1", csimg)]
-):
-    plt.subplot(1, 4, i + 1); plt.imshow(picture[0, :, :, 0], cmap=plt.cm.Greys_r); plt.axis("off"); plt.title(title)  # fmt: skip
+comparison = [
+    ("original", img),
+    ("rate 1", results[1]),
+    ("rate 2", results[2]),
+    ("resize to 30, rate 1", csimg),
+]
+for i, (title, picture) in enumerate(comparison):
+    panel(141 + i, picture[0, :, :, 0], title)
 plt.savefig("notebook_comparison.png", bbox_inches="tight")
 plt.close()
 
 check = clatrous.reference.conv2d(img, f, np.zeros(2), dilation_rate=2, activation="sigmoid")
 print("largest difference from clatrous.reference (rate 2):", float(np.abs(results[2] - check).max()))
-print("saved notebook_filters.png, notebook_rate1.png, notebook_rate2.png, notebook_resized.png, notebook_comparison.png")
+print("saved notebook_filters.png, notebook_rate1.png, notebook_rate2.png, notebook_resized.png")
+print("and notebook_comparison.png")

@@ -54,7 +54,7 @@ def test_build_failure_carries_log_options_and_source(monkeypatch, tmp_path):
     rt = runtime.get_runtime()
     options = ("-DREAL=no_such_type", "-DACTIVATION=0")
     with pytest.raises(BuildError) as info:
-        rt.kernel("conv2d_direct.cl", options, "conv2d_direct")
+        rt.program("conv2d_direct.cl", options)
     err = info.value
     assert err.options == options
     assert "no_such_type" in err.log
@@ -67,13 +67,13 @@ def test_build_failure_carries_log_options_and_source(monkeypatch, tmp_path):
 def test_each_program_builds_once():
     rt = runtime.get_runtime()
     options = ("-DREAL=float", "-DACTIVATION=1", "-DHAS_BIAS=1")
-    first = rt.kernel("conv2d_direct.cl", options, "conv2d_direct")
+    first = rt.program("conv2d_direct.cl", options)
     count = runtime.settings.build_count
-    assert rt.kernel("conv2d_direct.cl", options, "conv2d_direct") is first
+    assert rt.program("conv2d_direct.cl", options) is first
     assert runtime.settings.build_count == count
 
 
 def test_every_kernel_source_compiles_alone_with_its_defaults():
     rt = runtime.get_runtime()
     for name in ("conv2d_direct", "conv2d_blocked", "conv2d_plane"):
-        rt.kernel(f"{name}.cl", (), name)
+        assert getattr(rt.program(f"{name}.cl", ()), name).num_args > 4

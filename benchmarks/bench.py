@@ -1,0 +1,464 @@
+"""Benchmark clatrous against its peers, interleaved in one run on one machine.
+
+For each workload every available peer is timed in turn, round after round,
+so that a noisy machine slows them all alike; the table shows median times,
+GFLOP/s (2*N*Ho*Wo*Cout*Cin*kh*kw) and the time ratio to PyTorch measured in
+the same run (below 1: clatrous is faster).  It also measures the device's
+two ceilings: a large buffer copy (the floor of a memory-bound workload) and
+the best GFLOP/s any clatrous row reached.
+
+Peers, each when installed (``pip install ".[bench]"``): PyTorch (oneDNN on a
+CPU), tinygrad on OpenCL, CLBlast's convgemm through pyclblast, the naive
+one-output-per-work-item kernel (clatrous's ``direct`` variant), and the NumPy
+reference on the small workloads.  Every clatrous result is checked against
+the reference before it is timed.
+
+    python benchmarks/bench.py                      # the standard workloads
+    python benchmarks/bench.py --only W4,W6 --rounds 20
+    python benchmarks/bench.py --workload "mine:conv2d:n=2,h=128,w=128,cin=32,cout=64,k=3,d=4,padding=same"
+    python benchmarks/bench.py --record benchmarks/RESULTS.md
+
+Set CLATROUS_DEVICE (or --device) to choose the OpenCL device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+import clatrous
+from clatrous import reference, runtime
+from clatrous.geometry import conv_geometry
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str  # conv2d or conv1d
+    n: int
+    h: int
+    w: int
+    cin: int
+    cout: int
+    kh: int
+    kw: int
+    d: int
+    s: int = 1
+    padding: str = "same"
+    note: str = ""
+    arrays: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def kwargs(self):
+        return dict(strides=self.s, padding=self.padding, dilation_rate=self.d)
+
+    def geometry(self):
+        if self.kind == "conv1d":
+            return conv_geometry(
+                (self.n, self.w, self.cin), (self.kw, self.cin, self.cout), ndim=1, **self.kwargs
+            )
+        return conv_geometry(
+            (self.n, self.h, self.w, self.cin), (self.kh, self.kw, self.cin, self.cout), **self.kwargs
+        )
+
+    def make_arrays(self, rng):
+        if self.kind == "conv1d":
+            x = rng.standard_normal((self.n, self.w, self.cin), dtype=np.float32)
+            k = rng.standard_normal((self.kw, self.cin, self.cout), dtype=np.float32)
+        else:
+            x = rng.standard_normal((self.n, self.h, self.w, self.cin), dtype=np.float32)
+            k = rng.standard_normal((self.kh, self.kw, self.cin, self.cout), dtype=np.float32)
+        k /= np.sqrt(k[..., 0].size)
+        b = rng.standard_normal(self.cout, dtype=np.float32)
+        self.arrays = dict(x=x, k=k, b=b)
+
+
+WORKLOADS = [
+    Workload(
+        "W1", "conv2d", 1, 4, 4, 1, 1, 2, 2, 2, padding="valid", note="the notebook's 4x4 matrix, per call"
+    ),
+    Workload("W3-d6", "conv2d", 1, 33, 33, 2048, 256, 3, 3, 6, note="ASPP branch"),
+    Workload("W3-d12", "conv2d", 1, 33, 33, 2048, 256, 3, 3, 12, note="ASPP branch"),
+    Workload("W3-d18", "conv2d", 1, 33, 33, 2048, 256, 3, 3, 18, note="ASPP branch"),
+    Workload("W4", "conv2d", 8, 64, 64, 64, 64, 3, 3, 2),
+    Workload("W5", "conv2d", 1, 2048, 2048, 1, 1, 5, 5, 4, note="one-channel image"),
+    Workload("W6", "conv1d", 4, 1, 16000, 64, 64, 1, 2, 256, padding="causal", note="WaveNet layer"),
+]
+
+
+def parse_workload(text: str) -> Workload:
+    """``name:kind:key=value,...`` with integer values (and padding=word); nothing is evaluated."""
+    try:
+        name, kind, spec = text.split(":", 2)
+    except ValueError:
+        raise SystemExit(f"--workload wants name:conv2d|conv1d:key=value,..., got {text!r}") from None
+    if kind not in ("conv2d", "conv1d"):
+        raise SystemExit(f"--workload kind must be conv2d or conv1d, got {kind!r}")
+    values = dict(n=1, h=1, w=1, cin=1, cout=1, k=3, d=1, s=1, padding="same")
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in values:
+            raise SystemExit(f"--workload: unknown key {key!r}; known: {sorted(values)}")
+        values[key] = value if key == "padding" else int(value)
+    k = values.pop("k")
+    kh = 1 if kind == "conv1d" else k
+    return Workload(name, kind, kh=kh, kw=k, **values)
+
+
+# ---------------------------------------------------------------- peers
+
+
+def clatrous_host(wl, rt):
+    a = wl.arrays
+    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
+    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
+
+
+def clatrous_device(wl, rt):
+    a = wl.arrays
+    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
+    x, k, b = (cl_array.to_device(rt.queue, a[name]) for name in ("x", "k", "b"))
+
+    def call():
+        out = fn(x, k, b, **wl.kwargs)
+        rt.queue.finish()
+        return out
+
+    return call
+
+
+def clatrous_direct(wl, rt):
+    a = wl.arrays
+    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
+    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, _choice=("direct", {}), **wl.kwargs)
+
+
+def numpy_reference(wl, rt):
+    if wl.geometry().flops > 3e9:
+        return None
+    a = wl.arrays
+    fn = reference.conv1d if wl.kind == "conv1d" else reference.conv2d
+    return lambda: fn(a["x"], a["k"], a["b"], **wl.kwargs)
+
+
+def _explicit_pads(wl):
+    g = wl.geometry()
+    return (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right)
+
+
+def pytorch(wl, rt):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    a = wl.arrays
+    (pt, pb), (pl, pr) = _explicit_pads(wl)
+    b = torch.from_numpy(a["b"])
+    if wl.kind == "conv1d":
+        x = torch.from_numpy(a["x"].transpose(0, 2, 1).copy())  # N, C, L
+        k = torch.from_numpy(a["k"].transpose(2, 1, 0).copy())  # O, I, k
+
+        def call():
+            with torch.no_grad():
+                return F.conv1d(F.pad(x, (pl, pr)), k, b, stride=wl.s, dilation=wl.d)
+
+        return call
+    x = torch.from_numpy(a["x"].transpose(0, 3, 1, 2).copy())  # N, C, H, W
+    k = torch.from_numpy(a["k"].transpose(3, 2, 0, 1).copy())  # O, I, kh, kw
+    symmetric = pt == pb and pl == pr
+
+    def call():
+        with torch.no_grad():
+            if symmetric:
+                return F.conv2d(x, k, b, stride=wl.s, padding=(pt, pl), dilation=wl.d)
+            return F.conv2d(F.pad(x, (pl, pr, pt, pb)), k, b, stride=wl.s, dilation=wl.d)
+
+    return call
+
+
+def tinygrad(wl, rt):
+    os.environ.setdefault("DEV", "CL")
+    try:
+        from tinygrad import Tensor
+    except ImportError:
+        return None
+    a = wl.arrays
+    (pt, pb), (pl, pr) = _explicit_pads(wl)
+    if wl.kind == "conv1d":
+        x_np = a["x"].transpose(0, 2, 1)[:, :, None, :].copy()
+        k_np = a["k"].transpose(2, 1, 0)[:, :, None, :].copy()
+    else:
+        x_np = a["x"].transpose(0, 3, 1, 2).copy()
+        k_np = a["k"].transpose(3, 2, 0, 1).copy()
+    k = Tensor(k_np).realize()
+    b = Tensor(a["b"]).realize()
+
+    def call():  # host in, host out, as the other rows
+        x = Tensor(x_np)
+        return x.conv2d(k, b, stride=wl.s, dilation=wl.d, padding=(pl, pr, pt, pb)).numpy()
+
+    return call
+
+
+def _load_clblast():
+    """CLBlast's C library (Debian's libclblast-dev, or CLBLAST_LIBRARY), or None."""
+    import ctypes
+    import ctypes.util
+
+    path = os.environ.get("CLBLAST_LIBRARY") or ctypes.util.find_library("clblast")
+    if not path:
+        return None
+    lib = ctypes.CDLL(path)
+    fn = lib.CLBlastSconvgemm
+    size_t = ctypes.c_size_t
+    fn.argtypes = (
+        [ctypes.c_int]
+        + [size_t] * 13
+        + [ctypes.c_void_p, size_t] * 3
+        + [
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_void_p,
+        ]
+    )
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def clblast(wl, rt):
+    """CLBlast's convgemm (im2col fused into its GEMM), NCHW, symmetric padding only."""
+    import ctypes
+
+    try:
+        convgemm = _load_clblast()
+    except OSError:
+        return None
+    if convgemm is None:
+        return None
+    if wl.kind == "conv1d":
+        h, kh, (pt, pb) = 1, 1, (0, 0)
+    else:
+        h, kh, (pt, pb) = wl.h, wl.kh, _explicit_pads(wl)[0]
+    pl, pr = _explicit_pads(wl)[1]
+    if pt != pb or pl != pr:
+        return None
+    a = wl.arrays
+    g = wl.geometry()
+    # Layouts: im (batch, C_in, H, W), kernel (C_out, C_in, kh, kw), result (batch, C_out, Ho, Wo).
+    if wl.kind == "conv1d":
+        x_np, k_np = a["x"].transpose(0, 2, 1), a["k"].transpose(2, 1, 0)
+    else:
+        x_np, k_np = a["x"].transpose(0, 3, 1, 2), a["k"].transpose(3, 2, 0, 1)
+    x = cl_array.to_device(rt.queue, np.ascontiguousarray(x_np))
+    k = cl_array.to_device(rt.queue, np.ascontiguousarray(k_np))
+    y = cl_array.empty(rt.queue, (g.n, g.cout, g.ho, g.wo), np.float32)
+    queue = ctypes.c_void_p(rt.queue.int_ptr)
+    sh, dh = (1, 1) if wl.kind == "conv1d" else (wl.s, wl.d)
+    args = (
+        151, wl.cin, h, wl.w, kh, wl.kw, pt, pl, sh, wl.s, dh, wl.d, wl.cout, wl.n,
+        x.data.int_ptr, 0, k.data.int_ptr, 0, y.data.int_ptr, 0,
+    )  # fmt: skip
+
+    def call(keep_alive=(x, k, y)):  # args holds raw pointers only
+        status = convgemm(*args, ctypes.byref(queue), None)
+        if status != 0:
+            raise RuntimeError(f"CLBlastSconvgemm returned status {status}")
+        rt.queue.finish()
+
+    return call
+
+
+PEERS = {
+    "clatrous": clatrous_host,
+    "clatrous (device arrays)": clatrous_device,
+    "PyTorch": pytorch,
+    "tinygrad (CL)": tinygrad,
+    "CLBlast convgemm": clblast,
+    "naive kernel": clatrous_direct,
+    "NumPy reference": numpy_reference,
+}
+
+
+# ---------------------------------------------------------------- timing
+
+
+def measure(calls: dict, rounds: int, budget_s: float) -> dict[str, list[float]]:
+    """Interleaved timings: every round times each call once, in turn."""
+    times = {name: [] for name in calls}
+    for name, call in list(calls.items()):
+        try:
+            call()
+            call()  # build, tune caches, warm up
+        except Exception as exc:  # a peer that fails is reported, not fatal
+            print(f"  {name}: failed ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
+            del calls[name], times[name]
+    started = time.perf_counter()
+    for r in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return times
+
+
+def copy_bandwidth(rt, nbytes=256 * 2**20) -> float:
+    """GB/s of a device buffer-to-buffer copy (bytes copied once, not read plus write)."""
+    nbytes = min(nbytes, rt.info.max_alloc // 2)
+    src = cl.Buffer(rt.context, cl.mem_flags.READ_WRITE, nbytes)
+    dst = cl.Buffer(rt.context, cl.mem_flags.READ_WRITE, nbytes)
+    cl.enqueue_fill_buffer(rt.queue, src, np.float32(1), 0, nbytes)
+    best = float("inf")
+    for _ in range(5):
+        rt.queue.finish()
+        t0 = time.perf_counter()
+        cl.enqueue_copy(rt.queue, dst, src, byte_count=nbytes)
+        rt.queue.finish()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def check(wl, rt) -> float:
+    """Largest relative error of clatrous against the reference on this workload."""
+    a = wl.arrays
+    got = clatrous_host(wl, rt)()
+    fn = reference.conv1d if wl.kind == "conv1d" else reference.conv2d
+    if wl.geometry().flops > 3e10:
+        return float("nan")  # the reference would take minutes; the tests cover correctness
+    want = fn(a["x"], a["k"], a["b"], **wl.kwargs)
+    err = float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
+    if not err < 1e-4:
+        raise SystemExit(f"{wl.name}: clatrous differs from the reference (relative error {err:.2e})")
+    return err
+
+
+def versions() -> str:
+    names = ["clatrous", "pyopencl", "numpy", "torch", "tinygrad", "pyclblast"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", help="comma-separated workload names")
+    parser.add_argument(
+        "--workload", action="append", default=[], help="name:kind:key=value,... (repeatable)"
+    )
+    parser.add_argument("--device", help="device name substring or platform:device indices")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds per workload, at most")
+    parser.add_argument("--peers", help="comma-separated peer names to run (default: all installed)")
+    parser.add_argument("--record", help="append the table, with machine and versions, to this Markdown file")
+    args = parser.parse_args(argv)
+
+    device = runtime.find_device(args.device) if args.device else None
+    rt = runtime.get_runtime(device)
+    workloads = [parse_workload(t) for t in args.workload] or WORKLOADS
+    if args.only:
+        wanted = set(args.only.split(","))
+        workloads = [w for w in workloads if w.name in wanted]
+    peers = {k: v for k, v in PEERS.items() if not args.peers or k in args.peers.split(",")}
+
+    header = (
+        f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
+        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}\n"
+        f"versions: Python {platform.python_version()}, {versions()}"
+    )
+    print(header)
+    bandwidth = copy_bandwidth(rt)
+    print(f"copy ceiling: {bandwidth:.1f} GB/s (one device buffer to another)")
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for wl in workloads:
+        wl.make_arrays(rng)
+        g = wl.geometry()
+        err = check(wl, rt)
+        calls = {name: make(wl, rt) for name, make in peers.items()}
+        calls = {name: c for name, c in calls.items() if c is not None}
+        print(
+            f"{wl.name}: {g.flops / 1e9:.3f} GFLOP, max relative error {err:.1e}; peers: {', '.join(calls)}"
+        )
+        times = measure(calls, args.rounds, args.budget)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        # a copy of B bytes reads B and writes B: reading x and writing y is one copy of (x + y) / 2
+        floor = (wl.arrays["x"].nbytes + g.n * g.ho * g.wo * g.cout * 4) / 2 / (bandwidth * 1e9)
+        rows.append((wl, g, medians, floor))
+        torch_t = medians.get("PyTorch")
+        for name, t in medians.items():
+            ratio = f"{t / torch_t:6.2f}x PyTorch" if torch_t else ""
+            print(f"  {name:26s} {t * 1e3:10.3f} ms {g.flops / t / 1e9:8.1f} GFLOP/s {ratio}")
+
+    best = max(
+        (
+            g.flops / m["clatrous (device arrays)"] / 1e9
+            for _, g, m, _ in rows
+            if "clatrous (device arrays)" in m
+        ),
+        default=float("nan"),
+    )
+    table = render(rows, peers, bandwidth, best)
+    print()
+    print(table)
+    if args.record:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        with open(args.record, "a", encoding="utf-8") as f:
+            f.write(f"\n## Run of {stamp}\n\n```\n{header}\n```\n\n{table}\n")
+        print(f"appended to {args.record}")
+    return 0
+
+
+def render(rows, peers, bandwidth, best) -> str:
+    names = [p for p in peers if any(p in m for _, _, m, _ in rows)]
+    head = ["workload", "GFLOP", *[f"{n} ms" for n in names], "clatrous GFLOP/s", "clatrous / PyTorch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for wl, g, m, _floor in rows:
+        cells = [f"{wl.name}", f"{g.flops / 1e9:.3g}"]
+        for n in names:
+            cells.append(f"{m[n] * 1e3:.3f}" if n in m else "-")
+        main_t = m.get("clatrous")
+        cells.append(f"{g.flops / main_t / 1e9:.1f}" if main_t else "-")
+        torch_t = m.get("PyTorch")
+        cells.append(f"{main_t / torch_t:.2f}x" if main_t and torch_t else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"Ceilings on this device: copy {bandwidth:.1f} GB/s; best clatrous rate {best:.1f} GFLOP/s "
+        "(device arrays). Floors, from the copy rate, for reading the input and writing the output: "
+        + ", ".join(f"{wl.name} {floor * 1e3:.2f} ms" for wl, _, _, floor in rows)
+        + "."
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
