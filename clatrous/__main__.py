@@ -1,11 +1,62 @@
-"""Command line: ``python -m clatrous devices`` and ``python -m clatrous tune``."""
+"""Command line: ``python -m clatrous devices`` and ``python -m clatrous tune``.
+
+``tune`` takes one or more shapes as ``conv2d:key=value,...`` or
+``conv1d:key=value,...`` with the keys n, h, w (for conv1d: the length), cin,
+cout, k (or kh and kw), s (strides), d (dilation), padding and dtype, e.g.
+
+    python -m clatrous tune conv2d:n=8,h=64,w=64,cin=64,cout=64,k=3,d=2,padding=same
+
+and stores the fastest correct configuration for the present device in the
+per-user tuning database, which later runs use.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from . import runtime
+from . import runtime, tuning
+
+_SHAPE_KEYS = {"n": 1, "h": 1, "w": 1, "cin": 1, "cout": 1, "k": 3, "kh": 0, "kw": 0, "s": 1, "d": 1}
+
+
+def parse_shape(text: str) -> tuple[str, tuple, tuple, dict, str]:
+    """``kind:key=value,...`` as (kind, x_shape, kernel_shape, geometry kwargs, dtype).
+
+    Values are integers, except padding (a word) and dtype; nothing is evaluated.
+    """
+    kind, sep, spec = text.partition(":")
+    if not sep or kind not in ("conv2d", "conv1d"):
+        raise ValueError(f"a shape must look like conv2d:n=1,h=32,...; got {text!r}")
+    values = dict(_SHAPE_KEYS)
+    padding, dtype = "same", "float32"
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key == "padding":
+            padding = value
+        elif key == "dtype":
+            dtype = value
+        elif key in values:
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise ValueError(f"{key} must be an integer, got {value!r} in {text!r}") from None
+        else:
+            raise ValueError(f"unknown key {key!r} in {text!r}; known: {sorted(values)}, padding, dtype")
+    kh = values["kh"] or values["k"]
+    kw = values["kw"] or values["k"]
+    geometry = dict(strides=values["s"], padding=padding, dilation_rate=values["d"])
+    if kind == "conv1d":
+        return (
+            kind,
+            (values["n"], values["w"], values["cin"]),
+            (kw, values["cin"], values["cout"]),
+            geometry,
+            dtype,
+        )
+    x_shape = (values["n"], values["h"], values["w"], values["cin"])
+    return kind, x_shape, (kh, kw, values["cin"], values["cout"]), geometry, dtype
 
 
 def _devices(_args) -> int:
@@ -30,12 +81,45 @@ def _devices(_args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    info = runtime.get_runtime().info
+    if args.show:
+        entries = tuning.load_database().get(info.key, {})
+        print(f"{tuning.database_path()} for {info.key}:")
+        print(json.dumps(entries, indent=1, sort_keys=True) if entries else "  (nothing tuned yet)")
+        return 0
+    if not args.shapes:
+        print("give at least one shape, e.g. conv2d:n=1,h=64,w=64,cin=32,cout=32,k=3,d=2", file=sys.stderr)
+        return 2
+    for text in args.shapes:
+        try:
+            _kind, x_shape, kernel_shape, geometry, dtype = parse_shape(text)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"tuning {text} on {info.name}")
+        result = tuning.tune(x_shape, kernel_shape, dtype=dtype, repeats=args.repeats, **geometry)
+        for variant, config, seconds in result.timings[: args.top]:
+            print(f"  {seconds * 1e3:9.3f} ms  {variant} {config}")
+        for variant, config, reason in result.rejected:
+            print(f"  rejected  {variant} {config}: {reason}")
+        print(f"  stored {result.winner[0]} {result.winner[1]} for '{result.key}' in {result.path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clatrous", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m clatrous", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("devices", help="list OpenCL platforms and devices, and the default one")
+    tune = sub.add_parser("tune", help="search kernel configurations for shapes on the present device")
+    tune.add_argument("shapes", nargs="*", help="conv2d:key=value,... or conv1d:key=value,...")
+    tune.add_argument("--repeats", type=int, default=5, help="timed runs per candidate (the fastest counts)")
+    tune.add_argument("--top", type=int, default=5, help="how many of the fastest to print")
+    tune.add_argument("--show", action="store_true", help="print what is stored for the present device")
     args = parser.parse_args(argv)
-    return {"devices": _devices}[args.command](args)
+    return {"devices": _devices, "tune": _tune}[args.command](args)
 
 
 if __name__ == "__main__":

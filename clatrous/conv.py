@@ -148,6 +148,12 @@ def _runtime_for(prepared: Prepared, device) -> Runtime:
     return get_runtime(device)
 
 
+def forget_launches() -> None:
+    """Drop the cached launches, so the next calls ask :mod:`clatrous.tuning` again."""
+    with _launches_lock:
+        _launches.clear()
+
+
 class Launch:
     """A plan with its own kernel object, whose geometry arguments are set once.
 

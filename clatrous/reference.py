@@ -18,7 +18,7 @@ import numpy as np
 from .arguments import is_device_array, prepare
 from .geometry import ConvGeometry
 
-__all__ = ["apply_activation", "conv1d", "conv2d", "dilate"]
+__all__ = ["apply_activation", "conv1d", "conv2d", "dilate", "error_bound"]
 
 
 def apply_activation(values: np.ndarray, activation: str) -> np.ndarray:
@@ -87,6 +87,26 @@ def conv1d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1,
     k4 = np.asarray(_to_host(p.kernel))[None]
     out = _conv_nhwc(x4, k4, p.bias, p.geometry, p.activation, p.dtype)[:, 0]
     return out[0, :, 0] if p.squeeze else out
+
+
+def error_bound(
+    x, kernel, dtype, *, ndim: int = 2, strides=1, padding="valid", dilation_rate=1
+) -> np.ndarray:
+    """Largest error, element by element, that a correct kernel may make.
+
+    A dot product of K terms in floating point is off by at most about
+    ``K * eps * sum(|x| * |w|)``; relu, sigmoid and tanh only shrink errors.
+    The sum of magnitudes is itself a convolution, of ``|x|`` by ``|w|``.
+    The tests and the tuner accept a device result when every element lies
+    within this bound of :func:`conv2d` / :func:`conv1d`.
+    """
+    conv = conv1d if ndim == 1 else conv2d
+    x = np.abs(np.asarray(_to_host(x), np.float64))
+    kernel = np.abs(np.asarray(_to_host(kernel), np.float64))
+    magnitude = conv(x, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
+    terms = int(np.prod(kernel.shape[:-1])) if kernel.ndim > ndim else int(np.prod(kernel.shape))
+    eps = np.finfo(dtype).eps
+    return 4 * eps * (terms + 2) * (magnitude + 1.0) + np.finfo(dtype).tiny
 
 
 def dilate(kernel, rate) -> np.ndarray:

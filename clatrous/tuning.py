@@ -1,23 +1,48 @@
-"""Which variant and configuration a launch uses, per device and shape.
+"""Which variant and configuration a launch uses, per device and shape, and the tuner.
 
-The choice comes from, in order: the tuning database written by
-``python -m clatrous tune`` for this device (a JSON file in the per-user cache
-folder, keyed by the device's platform, vendor, name and driver), else the
-table of defaults below, which depends only on the device kind, the dtype and
-the channel counts.
+The choice comes from, in order:
+
+1. the tuning database that ``python -m clatrous tune`` writes for this device:
+   a JSON file in the per-user cache folder (``tuning.json`` in
+   :func:`clatrous.runtime.cache_dir`), keyed by the device's platform, vendor,
+   name and driver, then by the convolution's class (dtype, channels, kernel
+   size, strides, dilation);
+2. the table of defaults below, which depends on the device kind, the dtype
+   and the channel counts.
+
+The database is data, never code: it is parsed as JSON, every entry is
+checked against the variants' search spaces before use, and a file that does
+not parse or does not fit the schema is ignored (and replaced by the next
+tuning run), never trusted.
+
+The tuner runs every configuration of every applicable variant on the present
+device, rejects any whose result differs from :mod:`clatrous.reference`
+beyond :func:`clatrous.reference.error_bound`, and keeps the fastest.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 
+from . import variants
 from .geometry import ConvGeometry
-from .runtime import DeviceInfo
+from .runtime import DeviceInfo, cache_dir
 
-__all__ = ["choose", "default_config"]
+__all__ = ["TuningResult", "choose", "class_key", "database_path", "default_config", "load_database", "tune"]
+
+_SCHEMA = 1
 
 # Widest vector along the output channels, per device kind and element size.
 # CPUs: a full AVX-512 register; GPUs: 4 (one 128-bit load per work-item).
+_L2_BYTES = 1 << 20
 _MAX_VW = {("cpu", 4): 16, ("cpu", 8): 8, ("gpu", 4): 4, ("gpu", 8): 2, ("other", 4): 4, ("other", 8): 4}
 
 
@@ -25,14 +50,232 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     """The table of defaults: (variant, configuration) for a device and shape."""
     itemsize = np.dtype(dtype).itemsize
     if g.cin == 1 and g.cout == 1:
-        return "plane", {"VW": 8 if info.kind == "cpu" else 4}
+        if info.kind == "cpu":
+            return "plane", {"VW": 16 if itemsize == 4 else 8, "RB": 4}
+        return "plane", {"VW": 4, "RB": 2}
     max_vw = _MAX_VW.get((info.kind, itemsize), 4)
     vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cout % v == 0)
     nv = max(1, min(2, g.cout // vw))
-    px = 4 if info.kind == "cpu" else 2
-    return "blocked", {"VW": vw, "NV": nv, "PX": px}
+    if info.kind != "cpu":
+        return "blocked", {"VW": vw, "NV": nv, "PX": 2}
+    # On a CPU, a work-item of the blocked kernel streams all its weights
+    # (kh*kw*cin*VW*NV elements) from memory; past the size of a core's L2 the
+    # channel-tiled kernel, which keeps a slice of them in cache, wins.
+    weights = g.kh * g.kw * g.cin * vw * nv * itemsize
+    if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
+        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "LOCAL0": 1, "LOCAL1": 1}
+    return "blocked", {"VW": vw, "NV": nv, "PX": 6}
+
+
+# ---------------------------------------------------------------- database
+
+
+def database_path() -> Path:
+    return cache_dir() / "tuning.json"
+
+
+def class_key(g: ConvGeometry, dtype: np.dtype) -> str:
+    """Convolutions that share this key share a tuned configuration."""
+    return f"{np.dtype(dtype).name} cin={g.cin} cout={g.cout} k={g.kh}x{g.kw} s={g.sh}x{g.sw} d={g.dh}x{g.dw}"
+
+
+_db_lock = threading.Lock()
+_db_cache: dict | None = None
+
+
+def _valid_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("variant") in variants.VARIANTS
+        and isinstance(entry.get("config"), dict)
+        and all(isinstance(k, str) and type(v) is int for k, v in entry["config"].items())
+    )
+
+
+def load_database(path: Path | None = None) -> dict:
+    """The tuning database as ``{device key: {class key: entry}}``; empty if absent or corrupt."""
+    path = path or database_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != _SCHEMA
+        or not isinstance(data.get("devices"), dict)
+    ):
+        return {}
+    clean = {}
+    for device, entries in data["devices"].items():
+        if isinstance(device, str) and isinstance(entries, dict):
+            clean[device] = {k: e for k, e in entries.items() if isinstance(k, str) and _valid_entry(e)}
+    return clean
+
+
+def _database() -> dict:
+    global _db_cache
+    with _db_lock:
+        if _db_cache is None:
+            _db_cache = load_database()
+        return _db_cache
+
+
+def _store(device_key: str, key: str, entry: dict) -> Path:
+    """Add one entry and rewrite the file atomically (a crash leaves the old file)."""
+    global _db_cache
+    path = database_path()
+    with _db_lock:
+        devices = load_database(path)
+        devices.setdefault(device_key, {})[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"schema": _SCHEMA, "devices": devices}, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+        _db_cache = devices
+    return path
+
+
+def forget_cached_database() -> None:
+    """Re-read the database file on the next lookup (after another process tuned)."""
+    global _db_cache
+    with _db_lock:
+        _db_cache = None
 
 
 def choose(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:
     """The (variant, configuration) a launch on ``info`` uses for ``g``."""
+    entry = _database().get(info.key, {}).get(class_key(g, dtype))
+    if entry is not None:
+        variant, config = entry["variant"], entry["config"]
+        if variants.applicable(variant, g, config) and config in variants.search_space(variant, g, dtype):
+            return variant, dict(config)
     return default_config(info, g, dtype)
+
+
+# ---------------------------------------------------------------- tuner
+
+
+class TuningResult:
+    """What :func:`tune` found: every candidate's time, and the winner."""
+
+    def __init__(self, key: str, timings: list, rejected: list, winner: tuple, path: Path | None):
+        self.key = key
+        self.timings = timings  # [(variant, config, seconds)], fastest first
+        self.rejected = rejected  # [(variant, config, reason)]
+        self.winner = winner  # (variant, config, seconds)
+        self.path = path
+
+    def __repr__(self) -> str:
+        variant, config, seconds = self.winner
+        return f"TuningResult({self.key!r}: {variant} {config} {seconds * 1e3:.3f} ms)"
+
+
+def _progress(done: int, total: int, label: str, stream) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:60]:<60}")
+    stream.flush()
+
+
+def tune(
+    x_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    dtype=np.float32,
+    device=None,
+    repeats: int = 5,
+    progress: bool = True,
+    store: bool = True,
+    candidates: list[tuple[str, dict]] | None = None,
+) -> TuningResult:
+    """Search the variants' configurations for one convolution shape on one device.
+
+    Every candidate is first checked against :mod:`clatrous.reference` on
+    random data (a candidate that differs, or fails to build, is rejected),
+    then timed: the fastest of ``repeats`` runs on device-resident arrays.
+    The winner is stored in the per-user tuning database unless ``store`` is
+    False.  ``x_shape`` and ``kernel_shape`` are those of :func:`conv2d` (4-D)
+    or :func:`conv1d` (3-D).
+    """
+    import pyopencl.array as cl_array
+
+    from . import conv, reference
+    from .arguments import prepare
+    from .errors import BuildError
+    from .runtime import get_runtime
+
+    ndim = len(x_shape) - 2
+    runtime = get_runtime(device)
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(12345)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    bias = rng.standard_normal(kernel_shape[-1]).astype(dtype)
+    geometry_args = dict(strides=strides, padding=padding, dilation_rate=dilation_rate)
+    prepared = prepare(x, kernel, bias, activation=None, ndim=ndim, **geometry_args)
+    g = prepared.geometry
+    fn = conv.conv1d if ndim == 1 else conv.conv2d
+    ref_fn = reference.conv1d if ndim == 1 else reference.conv2d
+    expected = ref_fn(x, kernel, bias, **geometry_args)
+    bound = reference.error_bound(x, kernel, dtype, ndim=ndim, **geometry_args)
+
+    if candidates is None:
+        # The reference configuration (the direct kernel) first, as CLBlast's tuner does.
+        candidates = [
+            (variant, config)
+            for variant in variants.VARIANTS
+            for config in variants.search_space(variant, g, dtype)
+            if variants.applicable(variant, g, config)
+        ]
+    queue = runtime.queue
+    x_dev = cl_array.to_device(queue, x)
+    k_dev = cl_array.to_device(queue, kernel)
+    b_dev = cl_array.to_device(queue, bias)
+    stream = sys.stderr
+    timings, rejected = [], []
+    for index, (variant, config) in enumerate(candidates):
+        label = f"{variant} {' '.join(f'{k}={v}' for k, v in sorted(config.items()))}"
+        if progress:
+            _progress(index, len(candidates), label, stream)
+        try:
+            out = fn(x_dev, k_dev, b_dev, device=None, _choice=(variant, config), **geometry_args).get()
+        except BuildError as exc:
+            rejected.append((variant, config, f"build failed: {str(exc).splitlines()[0]}"))
+            continue
+        error = np.abs(out.astype(np.float64) - expected)
+        if not np.all(error <= bound):
+            rejected.append((variant, config, f"differs from the reference by {np.nanmax(error):.3g}"))
+            continue
+        samples = []
+        for _ in range(repeats):
+            queue.finish()
+            start = time.perf_counter()
+            fn(x_dev, k_dev, b_dev, _choice=(variant, config), **geometry_args)
+            queue.finish()
+            samples.append(time.perf_counter() - start)
+        # The fastest run: interference from other work on the machine only adds time.
+        timings.append((variant, config, float(min(samples))))
+    if progress:
+        _progress(len(candidates), len(candidates), "done", stream)
+        stream.write("\n")
+    if not timings:
+        raise RuntimeError(f"no configuration passed the reference check: {rejected}")
+    timings.sort(key=lambda item: item[2])
+    winner = timings[0]
+    key = class_key(g, dtype)
+    path = None
+    if store:
+        entry = {
+            "variant": winner[0],
+            "config": winner[1],
+            "best_ms": round(winner[2] * 1e3, 4),
+            "shape": {"x": list(x_shape), "kernel": list(kernel_shape), "padding": repr(padding)},
+            "tuned": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        path = _store(runtime.info.key, key, entry)
+        conv.forget_launches()
+    return TuningResult(key, timings, rejected, winner, path)

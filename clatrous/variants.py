@@ -37,8 +37,12 @@ class Plan:
     scalars: tuple[np.int32, ...]
 
 
+def _ceil_div(value: int, divisor: int) -> int:
+    return -(-value // divisor)
+
+
 def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+    return _ceil_div(value, multiple) * multiple
 
 
 def _ndrange(counts: tuple[int, ...], local: tuple[int, ...] | None):
@@ -63,7 +67,7 @@ def applicable(variant: str, g: ConvGeometry, config: dict | None = None) -> boo
     """Whether ``variant`` (with ``config``) can compute geometry ``g``."""
     if variant == "plane":
         return g.cin == 1 and g.cout == 1
-    if variant == "blocked":
+    if variant in ("blocked", "tiled"):
         return config is None or g.cout % config["VW"] == 0
     return variant == "direct"
 
@@ -97,21 +101,30 @@ def make_plan(
     elif variant == "blocked":
         vw, nv, px = config["VW"], config["NV"], config["PX"]
         options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (-(-g.cout // (vw * nv)), -(-g.wo // px), g.n * g.ho)
+        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px), g.n * g.ho)
+        scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+    elif variant == "tiled":
+        vw, nv, px, ct = config["VW"], config["NV"], config["PX"], config["CT"]
+        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        counts = (_ceil_div(g.cout, vw * nv), g.n * g.ho)
+        local = (local[0], 1) if local else None
         scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
     elif variant == "plane":
         vw = config["VW"]
-        options += [f"-DVW={vw}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (-(-g.wo // vw), g.n * g.ho)
+        # Rows STEP apart share input rows; without such a lattice, one row each.
+        step, rb = (g.dh // g.sh, config.get("RB", 1)) if g.dh % g.sh == 0 else (1, 1)
+        chunks = _ceil_div(_ceil_div(g.ho, step), rb)
+        options += [f"-DVW={vw}", f"-DRB={rb}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        counts = (_ceil_div(g.wo, vw), g.n * step * chunks)
         local = (local[0], 1) if local else None
-        scalars = (g.h, g.w, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+        scalars = (g.h, g.w, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left, step, chunks)
     else:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     global_size, local_size = _ndrange(counts, local)
     return Plan(
         variant=variant,
         config=tuple(sorted(config.items())),
-        source=f"conv2d_{variant}.cl",
+        source="conv2d_blocked.cl" if variant == "tiled" else f"conv2d_{variant}.cl",
         kernel_name=f"conv2d_{variant}",
         options=tuple(options),
         global_size=global_size,
@@ -126,7 +139,7 @@ def fits_int32(g: ConvGeometry) -> bool:
 
 
 #: Tunable parameters per variant; the tuner walks these.
-VARIANTS = ("direct", "blocked", "plane")
+VARIANTS = ("direct", "blocked", "tiled", "plane")
 
 
 def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
@@ -136,7 +149,23 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
     if variant == "plane":
         if not applicable("plane", g):
             return []
-        return [{"VW": vw} for vw in (4, 8, 16)]
+        return [{"VW": vw, "RB": rb} for vw in (4, 8, 16) for rb in (1, 2, 4, 8)]
+    if variant == "tiled":
+        if g.cin < 32:
+            return []  # one tile would hold every channel: that is the blocked variant
+        return [
+            {"VW": vw, "NV": nv, "PX": px, "CT": ct, **local}
+            for vw in (8, 16)
+            if g.cout % vw == 0
+            for nv in (1, 2, 4)
+            if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
+            for px in (4, 6, 8)
+            for ct in (32, 64, 128)
+            if ct < g.cin
+            # the driver's work-group size, or one work-item per group (which
+            # spreads few, long work-items over every core of a CPU)
+            for local in ({}, {"LOCAL0": 1, "LOCAL1": 1})
+        ]
     configs = []
     for vw in (1, 2, 4, 8, 16):
         if g.cout % vw:

@@ -1,4 +1,6 @@
 // conv2d_blocked.cl: dilated 2-D cross-correlation, a register block per work-item.
+// Two kernels: conv2d_blocked (one block per work-item) and conv2d_tiled (a
+// whole output row per work-item, input channels in tiles; see below).
 //
 // Each work-item computes PX neighbouring output pixels of one row times
 // VW*NV output channels, held in PX*NV vector accumulators.  For every tap and
@@ -17,7 +19,8 @@
 // aligned to VW elements (OpenCL buffers are).
 // NDRange: dim0 = ceil(COUT / (VW*NV)), dim1 = ceil(WO / PX) (both may be
 // rounded up further), dim2 = N * HO exactly.
-// Work-item (cb, bx, n*HO + oy) computes y[n, oy, bx*PX : bx*PX+PX, cb*VW*NV : (cb+1)*VW*NV].
+// Work-item (cb, bx, n*HO + oy) of conv2d_blocked computes
+// y[n, oy, bx*PX : bx*PX+PX, cb*VW*NV : (cb+1)*VW*NV].
 
 #ifndef REAL
 #define REAL float       // element type: float or double
@@ -30,6 +33,9 @@
 #endif
 #ifndef PX
 #define PX 4             // output pixels along a row per work-item
+#endif
+#ifndef CT
+#define CT 64            // conv2d_tiled only: input channels per tile
 #endif
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
@@ -46,6 +52,15 @@
 
 #ifdef cl_khr_fp64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
+#endif
+
+// MIN_VECTOR_WIDTH (bits, e.g. 512): ask a Clang-based compiler to keep wide
+// vectors whole instead of splitting them into halves.  Some CPU targets
+// prefer 256-bit code unless told; the launch code sets it where it helps.
+#ifdef MIN_VECTOR_WIDTH
+#define WIDE __attribute__((min_vector_width(MIN_VECTOR_WIDTH)))
+#else
+#define WIDE
 #endif
 
 #define CAT_(a, b) a##b
@@ -70,34 +85,16 @@ typedef CAT(REAL, VW) realv;
 #define ACTIVATE(v) (v)
 #endif
 
-__kernel void conv2d_blocked(__global const REAL *restrict x,
-                             __global const REAL *restrict w,
-                             __global const REAL *restrict bias,
-                             __global REAL *restrict y,
-                             const int H, const int W, const int CIN, const int COUT,
-                             const int HO, const int WO,
-                             const int SH, const int SW, const int DH, const int DW,
-                             const int PT, const int PL)
+// Adds to acc the taps of input channels [ci_begin, ci_end) for the PX pixels
+// starting at output column ox0 of output row oy.
+WIDE static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x,
+                              const __global REAL *restrict w, const int cov[NV],
+                              const int n, const int oy, const int ox0,
+                              const int ci_begin, const int ci_end,
+                              const int H, const int W, const int CIN, const int COUT,
+                              const int SH, const int SW, const int DH, const int DW,
+                              const int PT, const int PL)
 {
-    const int co0 = (int)get_global_id(0) * (VW * NV);
-    const int ox0 = (int)get_global_id(1) * PX;
-    const int row = (int)get_global_id(2);          // n * HO + oy
-    if (co0 >= COUT || ox0 >= WO) return;
-    const int n = row / HO;
-    const int oy = row - n * HO;
-
-    // Channel offsets of the NV vectors, clamped so that the loads of a last,
-    // partial channel block stay inside w; those lanes are never stored.
-    int cov[NV];
-#pragma unroll
-    for (int v = 0; v < NV; ++v) cov[v] = min(co0 + v * VW, COUT - VW);
-
-    realv acc[PX][NV];
-#pragma unroll
-    for (int p = 0; p < PX; ++p)
-#pragma unroll
-        for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
-
     const int xstep = SW * CIN;                     // between neighbouring output pixels
     const int ix_base = ox0 * SW - PL;
 #pragma unroll
@@ -108,11 +105,11 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 #pragma unroll
         for (int kx = 0; kx < KW; ++kx) {
             const int ix0 = ix_base + kx * DW;
-            const __global REAL *wt = w + (long)(ky * KW + kx) * CIN * COUT;
+            const __global REAL *wt = w + ((long)(ky * KW + kx) * CIN + ci_begin) * COUT;
             if (ix0 >= 0 && ix0 + (PX - 1) * SW < W) {
                 // Interior: all PX pixels read real input.
                 const __global REAL *xp = xrow + (long)ix0 * CIN;
-                for (int ci = 0; ci < CIN; ++ci) {
+                for (int ci = ci_begin; ci < ci_end; ++ci) {
                     realv wv[NV];
 #pragma unroll
                     for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
@@ -136,7 +133,7 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
                     any |= inside[p];
                 }
                 if (!any) continue;                 // every pixel of the block in the padding
-                for (int ci = 0; ci < CIN; ++ci) {
+                for (int ci = ci_begin; ci < ci_end; ++ci) {
                     realv wv[NV];
 #pragma unroll
                     for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
@@ -153,6 +150,41 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
             }
         }
     }
+}
+
+// Channel offsets of the NV vectors, clamped so that the loads of a last,
+// partial channel block stay inside w; those lanes are never stored.
+static inline void channel_offsets(int cov[NV], const int co0, const int COUT)
+{
+#pragma unroll
+    for (int v = 0; v < NV; ++v) cov[v] = min(co0 + v * VW, COUT - VW);
+}
+
+WIDE __kernel void conv2d_blocked(__global const REAL *restrict x,
+                             __global const REAL *restrict w,
+                             __global const REAL *restrict bias,
+                             __global REAL *restrict y,
+                             const int H, const int W, const int CIN, const int COUT,
+                             const int HO, const int WO,
+                             const int SH, const int SW, const int DH, const int DW,
+                             const int PT, const int PL)
+{
+    const int co0 = (int)get_global_id(0) * (VW * NV);
+    const int ox0 = (int)get_global_id(1) * PX;
+    const int row = (int)get_global_id(2);          // n * HO + oy
+    if (co0 >= COUT || ox0 >= WO) return;
+    const int n = row / HO;
+    const int oy = row - n * HO;
+
+    int cov[NV];
+    channel_offsets(cov, co0, COUT);
+    realv acc[PX][NV];
+#pragma unroll
+    for (int p = 0; p < PX; ++p)
+#pragma unroll
+        for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
+
+    accumulate(acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 
     __global REAL *yrow = y + (long)row * WO * COUT;
 #pragma unroll
@@ -168,6 +200,66 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
             value += VLOAD(bias + co);
 #endif
             VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
+        }
+    }
+}
+
+// The channel-tiled form, for many input channels: one work-item per output
+// row and channel block walks the row in blocks of PX pixels, CT input
+// channels at a time, so that a CT-channel slice of the weights stays in the
+// cache while every pixel block of the row uses it.  Partial sums wait in y
+// between channel tiles; the last tile adds the bias and the activation.
+// NDRange: dim0 = ceil(COUT / (VW*NV)) (may be rounded up further), dim1 = N * HO exactly.
+WIDE __kernel void conv2d_tiled(__global const REAL *restrict x,
+                           __global const REAL *restrict w,
+                           __global const REAL *restrict bias,
+                           __global REAL *restrict y,
+                           const int H, const int W, const int CIN, const int COUT,
+                           const int HO, const int WO,
+                           const int SH, const int SW, const int DH, const int DW,
+                           const int PT, const int PL)
+{
+    const int co0 = (int)get_global_id(0) * (VW * NV);
+    const int row = (int)get_global_id(1);          // n * HO + oy
+    if (co0 >= COUT) return;
+    const int n = row / HO;
+    const int oy = row - n * HO;
+    int cov[NV];
+    channel_offsets(cov, co0, COUT);
+    __global REAL *yrow = y + (long)row * WO * COUT;
+
+    for (int ci0 = 0; ci0 < CIN; ci0 += CT) {
+        const int ci1 = min(ci0 + CT, CIN);
+        for (int ox0 = 0; ox0 < WO; ox0 += PX) {
+            realv acc[PX][NV];
+#pragma unroll
+            for (int p = 0; p < PX; ++p) {
+#pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    const int ox = ox0 + p, co = co0 + v * VW;
+                    acc[p][v] = (ci0 > 0 && ox < WO && co < COUT)
+                                    ? VLOAD(yrow + (long)ox * COUT + co) : (realv)0;
+                }
+            }
+            accumulate(acc, x, w, cov, n, oy, ox0, ci0, ci1, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+#pragma unroll
+            for (int p = 0; p < PX; ++p) {
+                const int ox = ox0 + p;
+                if (ox >= WO) break;
+#pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    const int co = co0 + v * VW;
+                    if (co >= COUT) break;
+                    realv value = acc[p][v];
+                    if (ci1 == CIN) {
+#if HAS_BIAS
+                        value += VLOAD(bias + co);
+#endif
+                        value = ACTIVATE(value);
+                    }
+                    VSTORE(yrow + (long)ox * COUT + co, value);
+                }
+            }
         }
     }
 }

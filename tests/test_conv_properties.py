@@ -97,3 +97,32 @@ def test_reference_equals_dilated_kernel_without_dilation(problem):
     expected = _naive_undilated(x, stuffed, bias, g.sh, g.sw, pads, kwargs["activation"])
     got = reference.conv2d(x, kernel, bias, **kwargs)
     np.testing.assert_allclose(got, expected, rtol=1e-5 if x.dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@st.composite
+def many_channel_problem(draw):
+    """Enough input channels for several channel tiles of the tiled variant."""
+    x, kernel, bias, kwargs = draw(conv2d_problem(max_channels=1))
+    cin = draw(st.integers(33, 140))
+    cout = draw(st.sampled_from([8, 16, 24, 32, 48]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n, h, w, _ = x.shape
+    kh, kw = kernel.shape[:2]
+    x = rng.standard_normal((n, min(h, 9), min(w, 11), cin)).astype(x.dtype)
+    kernel = rng.standard_normal((kh, kw, cin, cout)).astype(x.dtype)
+    bias = None if bias is None else rng.standard_normal(cout).astype(x.dtype)
+    return x, kernel, bias, kwargs
+
+
+@given(many_channel_problem(), st.data())
+def test_tiled_variant_over_channel_tiles(problem, data):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    try:
+        g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+    except ValueError:
+        return  # the shrunken image no longer fits this kernel; other examples cover it
+    configs = variants.search_space("tiled", g, x.dtype)
+    config = data.draw(st.sampled_from(configs), label="config")
+    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("tiled", config))
+    assert_matches_reference(out, x, kernel, bias, **kwargs)

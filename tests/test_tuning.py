@@ -1,0 +1,119 @@
+"""The tuner, its per-user JSON database and the launch's use of it."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import assert_matches_reference
+
+import clatrous
+from clatrous import conv, reference, runtime, tuning, variants
+from clatrous.arguments import prepare
+
+X_SHAPE, K_SHAPE = (1, 9, 10, 3), (3, 3, 3, 8)
+GEOMETRY = dict(padding="same", dilation_rate=2)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private cache folder, and launches re-planned before and after."""
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
+    tuning.forget_cached_database()
+    conv.forget_launches()
+    yield tmp_path
+    tuning.forget_cached_database()
+    conv.forget_launches()
+
+
+def _geometry():
+    x = np.ones(X_SHAPE, np.float32)
+    return prepare(
+        x, np.ones(K_SHAPE, np.float32), None, ndim=2, activation=None, strides=1, **GEOMETRY
+    ).geometry
+
+
+def test_tune_stores_a_verified_winner_that_later_calls_use(cache):
+    candidates = [
+        ("direct", {}),
+        ("blocked", {"VW": 8, "NV": 1, "PX": 2}),
+        ("blocked", {"VW": 4, "NV": 2, "PX": 4}),
+    ]
+    result = tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=2, candidates=candidates, **GEOMETRY)
+    assert len(result.timings) == 3 and not result.rejected
+    assert result.winner[:2] in [c for c in candidates]
+    saved = json.loads((cache / "tuning.json").read_text())
+    entry = saved["devices"][runtime.get_runtime().info.key][result.key]
+    assert (entry["variant"], entry["config"]) == result.winner[:2]
+
+    info = runtime.get_runtime().info
+    assert tuning.choose(info, _geometry(), np.float32) == result.winner[:2]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    k = rng.standard_normal(K_SHAPE).astype(np.float32)
+    out = clatrous.conv2d(x, k, **GEOMETRY)
+    assert_matches_reference(out, x, k, **GEOMETRY)
+    launch = conv.plan_for(
+        runtime.get_runtime(), prepare(x, k, None, ndim=2, activation=None, strides=1, **GEOMETRY)
+    )
+    assert launch.plan.variant == result.winner[0]
+
+
+def test_a_wrong_candidate_is_rejected(cache, monkeypatch):
+    # Every result is "wrong" when the accepted error is negative.
+    monkeypatch.setattr(reference, "error_bound", lambda *a, **k: np.full(1, -1.0))
+    with pytest.raises(RuntimeError, match="no configuration passed"):
+        tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert not (cache / "tuning.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json at all {",
+        "[1, 2, 3]",
+        '{"schema": 99, "devices": {}}',
+        '{"schema": 1, "devices": {"x": {"k": {"variant": "os.system", "config": {}}}}}',
+        '{"schema": 1, "devices": {"x": {"k": {"variant": "blocked", "config": {"VW": "16"}}}}}',
+        "\x00\xff\xfe garbage",
+    ],
+)
+def test_a_corrupt_database_is_ignored_then_rebuilt(cache, content):
+    (cache / "tuning.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert all(not entries for entries in tuning.load_database().values())
+    info = runtime.get_runtime().info
+    assert tuning.choose(info, _geometry(), np.float32) == tuning.default_config(
+        info, _geometry(), np.float32
+    )
+    tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert json.loads((cache / "tuning.json").read_text())["schema"] == 1
+
+
+def test_an_entry_outside_the_search_space_is_not_used(cache):
+    info = runtime.get_runtime().info
+    g = _geometry()
+    bogus = {"variant": "blocked", "config": {"VW": 3, "NV": 1, "PX": 2}}
+    data = {"schema": 1, "devices": {info.key: {tuning.class_key(g, np.float32): bogus}}}
+    (cache / "tuning.json").write_text(json.dumps(data))
+    assert tuning.choose(info, g, np.float32) == tuning.default_config(info, g, np.float32)
+
+
+def test_default_table_picks_applicable_configurations():
+    info = runtime.get_runtime().info
+    for cin, cout, k in [(1, 1, 5), (3, 8, 3), (64, 64, 3), (2048, 256, 3), (5, 7, 2), (256, 96, 3)]:
+        x = np.ones((1, 12, 12, cin), np.float32)
+        g = prepare(x, np.ones((k, k, cin, cout), np.float32), None, ndim=2, activation=None,
+                    strides=1, padding="same", dilation_rate=2).geometry  # fmt: skip
+        variant, config = tuning.default_config(info, g, np.float32)
+        assert variants.applicable(variant, g, config)
+        assert config in variants.search_space(variant, g, np.float32)
+
+
+def test_tune_command_line(cache, capsys):
+    from clatrous.__main__ import main
+
+    assert main(["tune", "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2,padding=same", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "stored" in out and "ms" in out
+    assert main(["tune", "--show"]) == 0
+    assert "cin=2 cout=4" in capsys.readouterr().out
+    assert main(["tune", "conv2d:n=1,h=8,bogus=3"]) == 2
