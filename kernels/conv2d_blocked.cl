@@ -54,15 +54,6 @@
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
 
-// MIN_VECTOR_WIDTH (bits, e.g. 512): ask a Clang-based compiler to keep wide
-// vectors whole instead of splitting them into halves.  Some CPU targets
-// prefer 256-bit code unless told; the launch code sets it where it helps.
-#ifdef MIN_VECTOR_WIDTH
-#define WIDE __attribute__((min_vector_width(MIN_VECTOR_WIDTH)))
-#else
-#define WIDE
-#endif
-
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #if VW == 1
@@ -87,7 +78,7 @@ typedef CAT(REAL, VW) realv;
 
 // Adds to acc the taps of input channels [ci_begin, ci_end) for the PX pixels
 // starting at output column ox0 of output row oy.
-WIDE static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x,
+static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x,
                               const __global REAL *restrict w, const int cov[NV],
                               const int n, const int oy, const int ox0,
                               const int ci_begin, const int ci_end,
@@ -160,7 +151,7 @@ static inline void channel_offsets(int cov[NV], const int co0, const int COUT)
     for (int v = 0; v < NV; ++v) cov[v] = min(co0 + v * VW, COUT - VW);
 }
 
-WIDE __kernel void conv2d_blocked(__global const REAL *restrict x,
+__kernel void conv2d_blocked(__global const REAL *restrict x,
                              __global const REAL *restrict w,
                              __global const REAL *restrict bias,
                              __global REAL *restrict y,
@@ -210,7 +201,7 @@ WIDE __kernel void conv2d_blocked(__global const REAL *restrict x,
 // cache while every pixel block of the row uses it.  Partial sums wait in y
 // between channel tiles; the last tile adds the bias and the activation.
 // NDRange: dim0 = ceil(COUT / (VW*NV)) (may be rounded up further), dim1 = N * HO exactly.
-WIDE __kernel void conv2d_tiled(__global const REAL *restrict x,
+__kernel void conv2d_tiled(__global const REAL *restrict x,
                            __global const REAL *restrict w,
                            __global const REAL *restrict bias,
                            __global REAL *restrict y,
