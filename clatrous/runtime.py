@@ -102,7 +102,8 @@ def device_info(device: cl.Device) -> DeviceInfo:
     info = _info_cache.get(device.int_ptr)
     if info is None:
         dtype = device.type
-        kind = "gpu" if dtype & cl.device_type.GPU else "cpu" if dtype & cl.device_type.CPU else "other"
+        is_cpu, is_gpu = bool(dtype & cl.device_type.CPU), bool(dtype & cl.device_type.GPU)
+        kind = "cpu" if is_cpu and not is_gpu else "gpu" if is_gpu and not is_cpu else "other"
         info = DeviceInfo(
             name=device.name.strip(),
             platform=device.platform.name.strip(),

@@ -63,7 +63,7 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     # channel-tiled kernel, which keeps a slice of them in cache, wins.
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
-        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "LOCAL0": 1, "LOCAL1": 1}
+        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": -(-g.wo // 6), "LOCAL0": 1, "LOCAL1": 1}
     return "blocked", {"VW": vw, "NV": nv, "PX": 6}
 
 

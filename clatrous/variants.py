@@ -104,10 +104,10 @@ def make_plan(
         counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px), g.n * g.ho)
         scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
     elif variant == "tiled":
-        vw, nv, px, ct = config["VW"], config["NV"], config["PX"], config["CT"]
-        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (_ceil_div(g.cout, vw * nv), g.n * g.ho)
-        local = (local[0], 1) if local else None
+        vw, nv, px, ct, nb = config["VW"], config["NV"], config["PX"], config["CT"], config["NB"]
+        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}"]
+        options += [f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * g.ho)
         scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
     elif variant == "plane":
         vw = config["VW"]
@@ -153,13 +153,16 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
     if variant == "tiled":
         if g.cin < 32:
             return []  # one tile would hold every channel: that is the blocked variant
+        # NB: enough blocks for the whole row, or a few (more, shorter work-items)
+        row_blocks = {nb for nb in (2, 4) if nb * 4 < g.wo}
         return [
-            {"VW": vw, "NV": nv, "PX": px, "CT": ct, **local}
+            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, **local}
             for vw in (8, 16)
             if g.cout % vw == 0
             for nv in (1, 2, 4)
             if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
             for px in (4, 6, 8)
+            for nb in sorted(row_blocks | {_ceil_div(g.wo, px)})
             for ct in (32, 64, 128)
             if ct < g.cin
             # the driver's work-group size, or one work-item per group (which

@@ -1,6 +1,6 @@
 // conv2d_blocked.cl: dilated 2-D cross-correlation, a register block per work-item.
-// Two kernels: conv2d_blocked (one block per work-item) and conv2d_tiled (a
-// whole output row per work-item, input channels in tiles; see below).
+// Two kernels: conv2d_blocked (one block per work-item) and conv2d_tiled
+// (NB blocks of a row per work-item, input channels in tiles; see below).
 //
 // Each work-item computes PX neighbouring output pixels of one row times
 // VW*NV output channels, held in PX*NV vector accumulators.  For every tap and
@@ -36,6 +36,9 @@
 #endif
 #ifndef CT
 #define CT 64            // conv2d_tiled only: input channels per tile
+#endif
+#ifndef NB
+#define NB 4             // conv2d_tiled only: pixel blocks of PX per work-item
 #endif
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
@@ -195,12 +198,14 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
     }
 }
 
-// The channel-tiled form, for many input channels: one work-item per output
-// row and channel block walks the row in blocks of PX pixels, CT input
-// channels at a time, so that a CT-channel slice of the weights stays in the
-// cache while every pixel block of the row uses it.  Partial sums wait in y
-// between channel tiles; the last tile adds the bias and the activation.
-// NDRange: dim0 = ceil(COUT / (VW*NV)) (may be rounded up further), dim1 = N * HO exactly.
+// The channel-tiled form, for many input channels: a work-item covers NB
+// blocks of PX pixels of one output row (NB*PX pixels) and one channel block,
+// and walks the input channels CT at a time, each tile through every pixel
+// block, so that a CT-channel slice of the weights stays in the cache while
+// all NB blocks use it.  A block's sums stay in registers while it runs and
+// wait in a private array between channel tiles.
+// NDRange: dim0 = ceil(COUT / (VW*NV)), dim1 = ceil(WO / (NB*PX)) (both may
+// be rounded up further), dim2 = N * HO exactly.
 __kernel void conv2d_tiled(__global const REAL *restrict x,
                            __global const REAL *restrict w,
                            __global const REAL *restrict bias,
@@ -211,45 +216,54 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                            const int PT, const int PL)
 {
     const int co0 = (int)get_global_id(0) * (VW * NV);
-    const int row = (int)get_global_id(1);          // n * HO + oy
-    if (co0 >= COUT) return;
+    const int ox_first = (int)get_global_id(1) * (NB * PX);
+    const int row = (int)get_global_id(2);          // n * HO + oy
+    if (co0 >= COUT || ox_first >= WO) return;
     const int n = row / HO;
     const int oy = row - n * HO;
+    const int blocks = min(NB, (WO - ox_first + PX - 1) / PX);
     int cov[NV];
     channel_offsets(cov, co0, COUT);
-    __global REAL *yrow = y + (long)row * WO * COUT;
+
+    realv partial[NB][PX][NV];
+    for (int b = 0; b < blocks; ++b)
+#pragma unroll
+        for (int p = 0; p < PX; ++p)
+#pragma unroll
+            for (int v = 0; v < NV; ++v) partial[b][p][v] = (realv)0;
 
     for (int ci0 = 0; ci0 < CIN; ci0 += CT) {
         const int ci1 = min(ci0 + CT, CIN);
-        for (int ox0 = 0; ox0 < WO; ox0 += PX) {
+        for (int b = 0; b < blocks; ++b) {
             realv acc[PX][NV];
 #pragma unroll
-            for (int p = 0; p < PX; ++p) {
+            for (int p = 0; p < PX; ++p)
 #pragma unroll
-                for (int v = 0; v < NV; ++v) {
-                    const int ox = ox0 + p, co = co0 + v * VW;
-                    acc[p][v] = (ci0 > 0 && ox < WO && co < COUT)
-                                    ? VLOAD(yrow + (long)ox * COUT + co) : (realv)0;
-                }
-            }
-            accumulate(acc, x, w, cov, n, oy, ox0, ci0, ci1, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                for (int v = 0; v < NV; ++v) acc[p][v] = partial[b][p][v];
+            accumulate(acc, x, w, cov, n, oy, ox_first + b * PX, ci0, ci1,
+                       H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 #pragma unroll
-            for (int p = 0; p < PX; ++p) {
-                const int ox = ox0 + p;
-                if (ox >= WO) break;
+            for (int p = 0; p < PX; ++p)
 #pragma unroll
-                for (int v = 0; v < NV; ++v) {
-                    const int co = co0 + v * VW;
-                    if (co >= COUT) break;
-                    realv value = acc[p][v];
-                    if (ci1 == CIN) {
+                for (int v = 0; v < NV; ++v) partial[b][p][v] = acc[p][v];
+        }
+    }
+
+    __global REAL *yrow = y + (long)row * WO * COUT;
+    for (int b = 0; b < blocks; ++b) {
+#pragma unroll
+        for (int p = 0; p < PX; ++p) {
+            const int ox = ox_first + b * PX + p;
+            if (ox >= WO) break;
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                const int co = co0 + v * VW;
+                if (co >= COUT) break;
+                realv value = partial[b][p][v];
 #if HAS_BIAS
-                        value += VLOAD(bias + co);
+                value += VLOAD(bias + co);
 #endif
-                        value = ACTIVATE(value);
-                    }
-                    VSTORE(yrow + (long)ox * COUT + co, value);
-                }
+                VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
             }
         }
     }

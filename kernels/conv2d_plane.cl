@@ -79,7 +79,8 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
     if (ox0 >= WO) return;
     const int n = g / (STEP * CHUNKS);
     const int within = g - n * (STEP * CHUNKS);
-    const int oy0 = within % STEP + (within / STEP) * RB * STEP;
+    const int chunk = within / STEP;                // quotient and remainder spelled out
+    const int oy0 = (within - chunk * STEP) + chunk * RB * STEP;
     if (oy0 >= HO) return;
 
     REAL wk[KH * KW];

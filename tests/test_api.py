@@ -219,9 +219,9 @@ class TestConv2DLayer:
         assert len(layer.get_weights()) == 1
 
 
-def test_devices_command_lists_the_default(capsys):
+def test_devices_command_lists_the_default(capfd):
     from clatrous.__main__ import main
 
     assert main(["devices"]) == 0
-    text = capsys.readouterr().out
+    text = capfd.readouterr().out
     assert "*" in text and runtime.get_runtime().info.name in text

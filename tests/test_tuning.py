@@ -108,12 +108,12 @@ def test_default_table_picks_applicable_configurations():
         assert config in variants.search_space(variant, g, np.float32)
 
 
-def test_tune_command_line(cache, capsys):
+def test_tune_command_line(cache, capfd):
     from clatrous.__main__ import main
 
     assert main(["tune", "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2,padding=same", "--repeats", "1"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "stored" in out and "ms" in out
     assert main(["tune", "--show"]) == 0
-    assert "cin=2 cout=4" in capsys.readouterr().out
+    assert "cin=2 cout=4" in capfd.readouterr().out
     assert main(["tune", "conv2d:n=1,h=8,bogus=3"]) == 2
