@@ -16,9 +16,9 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
-from . import tuning, variants
+from . import splitting, tuning, variants
 from .arguments import Prepared, is_device_array, prepare
-from .errors import UnsupportedDeviceError
+from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .runtime import Runtime, get_runtime, settings
 
 __all__ = ["conv1d", "conv2d"]
@@ -260,41 +260,74 @@ def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None
             return cl_array.empty(runtime.queue, out_shape, dtype)
         return np.empty(out_shape, dtype)
 
+    g = prepared.geometry
+    pieces = splitting.plan_pieces(g, dtype.itemsize, *_limits(runtime), resident_input=on_device)
+    if len(pieces) == 1:
+        return _launch(runtime, prepared, out_shape, choice)
+
+    # Too large for one launch: run the pieces one after the other, each
+    # with the padding its position implies, into one host result.
+    result = np.empty(out_shape, dtype)
+    whole = result.reshape(g.output_shape)
+    x4 = np.asarray(prepared.x).reshape(g.n, g.h, g.w, g.cin)
+    for piece in pieces:
+        sub = splitting.sub_problem(prepared, x4, piece)
+        whole[piece.out_index] = _launch(runtime, sub, sub.geometry.output_shape, choice)
+    return result
+
+
+def _limits(runtime: Runtime) -> tuple[int, int]:
+    max_alloc = settings.max_alloc_bytes or runtime.info.max_alloc
+    budget = settings.device_bytes or runtime.info.global_mem // 2
+    return max_alloc, budget
+
+
+def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], choice):
+    """One kernel launch for the whole of ``prepared``."""
+    dtype = prepared.dtype
+    on_device = is_device_array(prepared.x)
     launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
-    x_buf = _input_buffer(runtime, prepared.x, dtype)
-    w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")
-    b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, "bias")
-    if on_device:
-        result = cl_array.empty(queue, out_shape, dtype)
-        y_buf = result.base_data
-    elif runtime.info.host_memory:
-        result = _aligned_empty(out_shape, dtype)
-        y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result)
-    else:
-        result = np.empty(out_shape, dtype)
-        y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes)
-    if settings.poison_outputs:
-        cl.enqueue_fill_buffer(queue, y_buf, np.array(np.nan, dtype), 0, result.nbytes)
+    try:
+        x_buf = _input_buffer(runtime, prepared.x, dtype)
+        w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")
+        b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, "bias")
+        if on_device:
+            result = cl_array.empty(queue, out_shape, dtype)
+            y_buf = result.base_data
+        elif runtime.info.host_memory:
+            result = _aligned_empty(out_shape, dtype)
+            y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result)
+        else:
+            result = np.empty(out_shape, dtype)
+            y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes)
+        if settings.poison_outputs:
+            cl.enqueue_fill_buffer(queue, y_buf, np.array(np.nan, dtype), 0, result.nbytes)
 
-    plan, kernel = launch.plan, launch.kernel
-    with launch.lock:
-        kernel.set_arg(0, x_buf)
-        kernel.set_arg(1, w_buf)
-        kernel.set_arg(2, b_buf)
-        kernel.set_arg(3, y_buf)
-        cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
-    if on_device:
+        plan, kernel = launch.plan, launch.kernel
+        with launch.lock:
+            kernel.set_arg(0, x_buf)
+            kernel.set_arg(1, w_buf)
+            kernel.set_arg(2, b_buf)
+            kernel.set_arg(3, y_buf)
+            cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
+        if on_device:
+            return result
+        if runtime.info.host_memory:
+            # Mapping makes the device's writes visible in ``result`` (no copy
+            # when the driver used the host memory in place); then unmap.
+            mapped, _ = cl.enqueue_map_buffer(
+                queue, y_buf, cl.map_flags.READ, 0, out_shape, dtype, is_blocking=True
+            )
+            if mapped.ctypes.data != result.ctypes.data:
+                np.copyto(result, mapped)
+            mapped.base.release(queue)
+        else:
+            cl.enqueue_copy(queue, result, y_buf, is_blocking=True)
         return result
-    if runtime.info.host_memory:
-        # Mapping makes the device's writes visible in ``result`` (no copy
-        # when the driver used the host memory in place); then unmap.
-        mapped, _ = cl.enqueue_map_buffer(
-            queue, y_buf, cl.map_flags.READ, 0, out_shape, dtype, is_blocking=True
-        )
-        if mapped.ctypes.data != result.ctypes.data:
-            np.copyto(result, mapped)
-        mapped.base.release(queue)
-    else:
-        cl.enqueue_copy(queue, result, y_buf, is_blocking=True)
-    return result
+    except cl.MemoryError as exc:
+        g = prepared.geometry
+        raise DeviceMemoryError(
+            f"the device {runtime.info.name!r} could not hold a convolution of x {(g.n, g.h, g.w, g.cin)} "
+            f"into {g.output_shape} ({exc}); lower clatrous.runtime.settings.device_bytes to split it further"
+        ) from None

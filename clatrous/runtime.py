@@ -50,11 +50,17 @@ class _Settings:
     poison_outputs : fill every output buffer with NaN before the launch, so an
         element a kernel forgot to write shows up as NaN.
     build_count : programs compiled by this process (tests check it stays put).
+    max_alloc_bytes : the largest single buffer to ask for; None means the
+        device's CL_DEVICE_MAX_MEM_ALLOC_SIZE.  Larger problems are split.
+    device_bytes : what one launch's buffers may take together; None means
+        half the device's global memory.
     """
 
     def __init__(self) -> None:
         self.poison_outputs = False
         self.build_count = 0
+        self.max_alloc_bytes: int | None = None
+        self.device_bytes: int | None = None
 
 
 settings = _Settings()

@@ -70,7 +70,12 @@ typedef CAT(REAL, VW) realv;
 #define VSTORE(p, v) (*(__global realv *)(p) = (v))
 
 #if ACTIVATION == 1
-#define ACTIVATE(v) fmax((v), (realv)0)
+// relu keeps NaN (fmax would drop it), as NumPy, PyTorch and TensorFlow do.
+#if VW == 1
+#define ACTIVATE(v) ((v) < (REAL)0 ? (REAL)0 : (v))
+#else
+#define ACTIVATE(v) select((v), (realv)0, (v) < (realv)0)
+#endif
 #elif ACTIVATION == 2
 #define ACTIVATE(v) ((realv)1 / ((realv)1 + exp(-(v))))
 #elif ACTIVATION == 3

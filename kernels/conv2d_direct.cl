@@ -29,7 +29,8 @@
 #endif
 
 #if ACTIVATION == 1
-#define ACTIVATE(v) fmax((v), (REAL)0)
+// relu keeps NaN (fmax would drop it), as NumPy, PyTorch and TensorFlow do.
+#define ACTIVATE(v) ((v) < (REAL)0 ? (REAL)0 : (v))
 #elif ACTIVATION == 2
 #define ACTIVATE(v) ((REAL)1 / ((REAL)1 + exp(-(v))))
 #elif ACTIVATION == 3

@@ -57,7 +57,8 @@ typedef CAT(REAL, VW) realv;
 typedef union { realv v; REAL s[VW]; } lanes;
 
 #if ACTIVATION == 1
-#define ACTIVATE(v) fmax((v), (realv)0)
+// relu keeps NaN (fmax would drop it), as NumPy, PyTorch and TensorFlow do.
+#define ACTIVATE(v) select((v), (realv)0, (v) < (realv)0)
 #elif ACTIVATION == 2
 #define ACTIVATE(v) ((realv)1 / ((realv)1 + exp(-(v))))
 #elif ACTIVATION == 3

@@ -1,0 +1,121 @@
+"""Problems larger than the device: split into pieces, with the same result bit for bit."""
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import conv1d_problem, conv2d_problem
+
+import clatrous
+from clatrous import runtime, splitting
+from clatrous.arguments import prepare
+from clatrous.errors import DeviceMemoryError
+
+
+@pytest.fixture
+def limits():
+    """Set small device limits for one test, then restore them."""
+    saved = runtime.settings.max_alloc_bytes, runtime.settings.device_bytes
+
+    def set_limits(max_alloc=None, budget=None):
+        runtime.settings.max_alloc_bytes, runtime.settings.device_bytes = max_alloc, budget
+
+    yield set_limits
+    runtime.settings.max_alloc_bytes, runtime.settings.device_bytes = saved
+
+
+def _geometry(x, kernel, bias, ndim=2, **kwargs):
+    call = dict(strides=1, padding="valid", dilation_rate=1, activation=None) | kwargs
+    return prepare(x, kernel, bias, ndim=ndim, **call).geometry
+
+
+def _pieces(x, kernel, bias, ndim=2, **kwargs):
+    g = _geometry(x, kernel, bias, ndim, **kwargs)
+    return splitting.plan_pieces(g, x.dtype.itemsize, *clatrous.conv._limits(runtime.get_runtime()))
+
+
+def test_batch_is_split_first(limits):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 12, 13, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    kwargs = dict(padding="same", dilation_rate=2, activation="relu")
+    whole = clatrous.conv2d(x, kernel, bias, **kwargs)
+    image = 12 * 13 * max(3, 4) * 4
+    limits(max_alloc=2 * image + 100)
+    pieces = _pieces(x, kernel, bias, **kwargs)
+    assert [(p.n0, p.n1, p.axis) for p in pieces] == [(0, 2, 0), (2, 4, 0), (4, 5, 0)]
+    np.testing.assert_array_equal(clatrous.conv2d(x, kernel, bias, **kwargs), whole)
+
+
+@settings(max_examples=12)
+@given(conv2d_problem(), st.integers(1, 6))
+def test_row_bands_equal_the_whole(problem, rows):
+    x, kernel, bias, kwargs = problem
+    whole = clatrous.conv2d(x, kernel, bias, **kwargs)
+    g = _geometry(x, kernel, bias, 2, **kwargs)
+    itemsize = x.dtype.itemsize
+    # room for `rows` output rows of one image, with their halo, but not for a whole image
+    halo = (rows - 1) * g.sh + g.dh * (g.kh - 1) + 1
+    limit = itemsize * max(
+        min(halo, g.h) * g.w * g.cin, rows * g.wo * g.cout, g.kh * g.kw * g.cin * g.cout + g.cout
+    )
+    runtime.settings.max_alloc_bytes = limit
+    try:
+        pieces = _pieces(x, kernel, bias, **kwargs)
+        split = clatrous.conv2d(x, kernel, bias, **kwargs)
+    finally:
+        runtime.settings.max_alloc_bytes = None
+    if max(g.h * g.w * g.cin, g.ho * g.wo * g.cout) * itemsize > limit:  # one image does not fit
+        assert all(p.axis == 1 and p.n1 - p.n0 == 1 for p in pieces)
+    np.testing.assert_array_equal(split, whole)
+
+
+@settings(max_examples=12)
+@given(conv1d_problem(), st.integers(1, 5))
+def test_conv1d_is_split_along_the_signal(problem, columns):
+    x, kernel, bias, kwargs = problem
+    whole = clatrous.conv1d(x, kernel, bias, **kwargs)
+    g = _geometry(x, kernel, bias, 1, **kwargs)
+    halo = (columns - 1) * g.sw + g.dw * (g.kw - 1) + 1
+    need = max(min(halo, g.w) * g.cin, columns * g.cout, g.kw * g.cin * g.cout + g.cout)
+    runtime.settings.max_alloc_bytes = need * x.dtype.itemsize
+    try:
+        split = clatrous.conv1d(x, kernel, bias, **kwargs)
+    finally:
+        runtime.settings.max_alloc_bytes = None
+    np.testing.assert_array_equal(split, whole)
+
+
+def test_what_cannot_fit_is_a_memory_error_naming_sizes(limits):
+    x = np.ones((1, 16, 16, 8), np.float32)
+    kernel = np.ones((3, 3, 8, 8), np.float32)
+    limits(max_alloc=1000)  # the kernel alone takes 2336 bytes
+    with pytest.raises(DeviceMemoryError, match=r"kernel alone.*\(3, 3, 8, 8\).*1000 bytes") as info:
+        clatrous.conv2d(x, kernel)
+    assert isinstance(info.value, MemoryError)
+    limits(max_alloc=2400)  # the kernel fits, but not the 3 input rows of one output row
+    wide = np.ones((1, 16, 200, 8), np.float32)
+    with pytest.raises(DeviceMemoryError, match="not even one output row"):
+        clatrous.conv2d(wide, kernel, padding="same")
+    limits()
+    assert clatrous.conv2d(x, kernel).shape == (1, 14, 14, 8)  # nothing left behind
+
+
+def test_device_resident_input_must_fit_one_launch(limits):
+    queue = runtime.get_runtime().queue
+    x = cl_array.to_device(queue, np.ones((2, 16, 16, 4), np.float32))
+    limits(max_alloc=4000)
+    with pytest.raises(DeviceMemoryError, match="already on the device"):
+        clatrous.conv2d(x, np.ones((3, 3, 4, 4), np.float32))
+
+
+def test_the_budget_counts_every_buffer(limits):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 10, 10, 2)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 2, 2)).astype(np.float32)
+    whole = clatrous.conv2d(x, kernel, padding="same")
+    limits(budget=2 * 10 * 10 * 2 * 4 + 200)  # one image in and out, and the kernel
+    assert len(_pieces(x, kernel, None, padding="same")) == 3
+    np.testing.assert_array_equal(clatrous.conv2d(x, kernel, padding="same"), whole)

@@ -1,0 +1,320 @@
+"""Threads, determinism, leaks, NaN and Inf, and a fuzzer over the whole API."""
+
+import gc
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyopencl as cl
+import pytest
+from helpers import assert_matches_reference
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import clatrous
+from clatrous import conv, reference, runtime, variants
+from clatrous.arguments import prepare
+
+CHOICES = [
+    ("direct", {}),
+    ("blocked", {"VW": 4, "NV": 2, "PX": 4}),
+    ("blocked", {"VW": 1, "NV": 1, "PX": 2}),
+    ("tiled", {"VW": 8, "NV": 1, "PX": 4, "CT": 16, "NB": 2}),
+]
+
+
+def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
+    # Forget every built program, so that the threads race to build them.
+    monkeypatch.setattr(runtime, "_program_cache", {})
+    conv.forget_launches()
+    rng = np.random.default_rng(11)
+    jobs = []
+    for i in range(48):
+        cin, cout = (3, 8) if i % 2 else (40, 16)
+        x = rng.standard_normal((1 + i % 3, 9, 7 + i % 4, cin)).astype(np.float32)
+        k = rng.standard_normal((3, 2, cin, cout)).astype(np.float32)
+        kwargs = dict(padding="same", dilation_rate=1 + i % 3, activation=("relu", "tanh", None)[i % 3])
+        jobs.append((x, k, kwargs, CHOICES[i % len(CHOICES)] if i % 5 else None))
+
+    def run(job):
+        x, k, kwargs, choice = job
+        return clatrous.conv2d(x, k, **kwargs, _choice=choice)
+
+    before = runtime.settings.build_count
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(run, jobs))
+    for (x, k, kwargs, _), out in zip(jobs, results, strict=True):
+        assert_matches_reference(out, x, k, **kwargs)
+    distinct = {
+        (plan.source, plan.options)
+        for x, k, kwargs, choice in jobs
+        for plan in [
+            variants.make_plan(
+                *(
+                    choice
+                    or clatrous.tuning.choose(runtime.get_runtime().info, _geometry(x, k, kwargs), x.dtype)
+                ),
+                _geometry(x, k, kwargs),
+                np.dtype(np.float32),
+                kwargs["activation"] or "linear",
+                False,
+            )
+        ]
+    }
+    assert runtime.settings.build_count - before == len(distinct)
+
+
+def _geometry(x, k, kwargs):
+    return prepare(x, k, None, ndim=2, strides=1, **kwargs).geometry
+
+
+@pytest.mark.parametrize("choice", CHOICES + [None])
+def test_same_input_same_bits(choice):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 11, 13, 40)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 40, 16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    first = clatrous.conv2d(x, k, b, padding="same", dilation_rate=2, activation="sigmoid", _choice=choice)
+    for _ in range(3):
+        again = clatrous.conv2d(
+            x, k, b, padding="same", dilation_rate=2, activation="sigmoid", _choice=choice
+        )
+        assert again.tobytes() == first.tobytes()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def _live_buffers() -> int:
+    gc.collect()
+    return sum(isinstance(o, cl.MemoryObject) for o in gc.get_objects())
+
+
+def test_thousands_of_calls_leave_memory_flat():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 24, 24, 8)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    queue = runtime.get_runtime().queue
+    x_dev = clatrous.conv2d.__globals__["cl_array"].to_device(queue, x)
+
+    def burst(count):
+        for _ in range(count):
+            clatrous.conv2d(x, k, b, padding="same", dilation_rate=2)
+            clatrous.conv2d(x_dev, k, b, padding="same", dilation_rate=2)
+        queue.finish()
+
+    burst(200)  # warm up: builds, caches, allocator pools
+    rss, buffers = _rss_bytes(), _live_buffers()
+    burst(1500)
+    assert _live_buffers() - buffers <= 2
+    assert _rss_bytes() - rss < 16 * 2**20, f"grew by {(_rss_bytes() - rss) / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("choice", CHOICES + [("plane", {"VW": 8, "RB": 4})])
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
+    rng = np.random.default_rng(4)
+    cin, cout = (1, 1) if choice[0] == "plane" else (40, 16)
+    x = rng.standard_normal((1, 12, 14, cin)).astype(np.float32)
+    k = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    x[0, 5, 6, 0] = np.nan
+    x[0, 2, 11, -1] = np.inf
+    x[0, 9, 2, 0] = -np.inf
+    kwargs = dict(padding="same", dilation_rate=2, activation=activation)
+    out = clatrous.conv2d(x, k, **kwargs, _choice=choice)
+    expected = reference.conv2d(x, k, **kwargs)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
+    assert np.isnan(out).any()  # the case really has non-finite outputs
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+ARGUMENT_NAMES = re.compile(
+    r"\b(x|kernel|bias|strides|padding|dilation_rate|activation|rate|filters|kernel_size)\b"
+)
+
+DTYPES = [
+    "float32",
+    "float64",
+    "float16",
+    "int8",
+    "uint8",
+    "int64",
+    "bool",
+    ">f4",
+    "<f8",
+    "complex64",
+    "U1",
+    "O",
+]
+
+
+@st.composite
+def arrays(draw, max_dims=5):
+    ndim = draw(st.integers(0, max_dims))
+    shape = tuple(draw(st.lists(st.integers(0, 6), min_size=ndim, max_size=ndim)))
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if dtype.kind in "UO":
+        return np.full(shape, "a", dtype=dtype)
+    values = rng.standard_normal(shape) * 3
+    arr = values.astype(dtype)
+    layout = draw(st.sampled_from(["c", "f", "reversed", "strided"]))
+    if layout == "f":
+        arr = np.asfortranarray(arr)
+    elif layout == "reversed" and arr.ndim:
+        arr = arr[::-1]
+    elif layout == "strided" and arr.ndim:
+        arr = np.repeat(arr, 2, axis=0)[::2]
+    return arr
+
+
+GEOMETRY_VALUES = st.one_of(
+    st.integers(-1, 4),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.integers(1, 3)),
+    st.sampled_from([1.0, "2", None, True, (1, 2, 3), [2, 1]]),
+)
+PADDINGS = st.one_of(
+    st.sampled_from(["valid", "same", "causal", "SAME", "full", "", None, 1.5]),
+    st.integers(-1, 3),
+    st.tuples(st.integers(-1, 3), st.integers(0, 3)),
+    st.tuples(
+        st.tuples(st.integers(0, 2), st.integers(0, 2)), st.tuples(st.integers(0, 2), st.integers(0, 2))
+    ),
+)
+ACTIVATIONS = st.sampled_from([None, "linear", "relu", "Sigmoid", "tanh", "softmax", 3, ""])
+
+
+def _agree_or_named_error(device_call, reference_call):
+    """Either both succeed with the same values, or both reject the call, naming an argument."""
+    try:
+        expected = reference_call()
+    except (ValueError, TypeError) as exc:
+        event(f"rejected: {type(exc).__name__}")
+        assert ARGUMENT_NAMES.search(str(exc)), f"message names no argument: {exc}"
+        with pytest.raises(type(exc)):
+            device_call()
+        return
+    event("computed")
+    out = device_call()
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_allclose(
+        out[finite], expected[finite], rtol=2e-3, atol=2e-3 * (1 + np.abs(expected[finite]).max(initial=0))
+    )
+
+
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
+
+
+@st.composite
+def plausible(draw, ndim):
+    """Arrays of the right rank with matching channels, in odd dtypes and layouts:
+    half the fuzzing is spent past the shape checks, in the kernels."""
+    spatial = draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim))
+    ksize = draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim))
+    n, cin, cout = draw(st.integers(0, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = (rng.standard_normal((n, *spatial, cin)) * 3).astype(draw(st.sampled_from(DTYPES[:9])))
+    if draw(st.booleans()):
+        x = np.asfortranarray(x)
+    kernel = rng.standard_normal((*ksize, cin, cout)).astype(draw(st.sampled_from(DTYPES[:9])))
+    bias = draw(st.sampled_from([None, rng.standard_normal(cout), rng.standard_normal(cout + 1)]))
+    return x, kernel, bias
+
+
+def _fuzz_conv(data, ndim, device_fn, reference_fn):
+    if data.draw(st.booleans(), label="plausible"):
+        x, kernel, bias = data.draw(plausible(ndim))
+        sizes = (
+            st.integers(1, 3)
+            if ndim == 1
+            else st.one_of(st.integers(1, 3), st.tuples(*[st.integers(1, 3)] * 2))
+        )
+        words = ["valid", "same", "Same", 1] + (["causal", (2, 0)] if ndim == 1 else [((1, 0), (0, 2))])
+        strides, padding, dilation = sizes, st.sampled_from(words), sizes
+        activation = st.sampled_from([None, "linear", "relu", "sigmoid", "tanh"])
+    else:
+        x = data.draw(arrays(), label="x")
+        kernel = data.draw(arrays(), label="kernel")
+        bias = data.draw(st.one_of(st.none(), arrays(max_dims=2)), label="bias")
+        strides, padding, dilation, activation = GEOMETRY_VALUES, PADDINGS, GEOMETRY_VALUES, ACTIVATIONS
+    kwargs = dict(
+        strides=data.draw(strides, label="strides"),
+        padding=data.draw(padding, label="padding"),
+        dilation_rate=data.draw(dilation, label="dilation_rate"),
+        activation=data.draw(activation, label="activation"),
+    )
+    if x.dtype == np.float64 and not runtime.get_runtime().info.fp64:
+        return
+    _agree_or_named_error(
+        lambda: device_fn(x, kernel, bias, **kwargs), lambda: reference_fn(x, kernel, bias, **kwargs)
+    )
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_conv2d(data):
+    _fuzz_conv(data, 2, clatrous.conv2d, reference.conv2d)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_conv1d(data):
+    _fuzz_conv(data, 1, clatrous.conv1d, reference.conv1d)
+
+
+@FUZZ
+@given(arrays(), GEOMETRY_VALUES)
+def test_fuzz_dilate(kernel, rate):
+    try:
+        out = clatrous.dilate(kernel, rate)
+    except (ValueError, TypeError) as exc:
+        assert ARGUMENT_NAMES.search(str(exc)), str(exc)
+        return
+    assert out.dtype == kernel.dtype
+    rates = tuple(rate) if isinstance(rate, (tuple, list)) else (rate,) * min(2, kernel.ndim)
+    index = tuple(slice(None, None, r) for r in rates)
+    np.testing.assert_array_equal(out[index], kernel)
+    assert np.count_nonzero(out) == np.count_nonzero(kernel)
+
+
+@FUZZ
+@given(
+    st.one_of(st.integers(-1, 4), st.sampled_from([2.0, "3", None])),
+    GEOMETRY_VALUES,
+    arrays(),
+    st.booleans(),
+    ACTIVATIONS,
+    PADDINGS,
+)
+def test_fuzz_layer(filters, kernel_size, x, use_bias, activation, padding):
+    try:
+        layer = clatrous.Conv2D(
+            filters, kernel_size, padding=padding, activation=activation, use_bias=use_bias
+        )
+    except (ValueError, TypeError) as exc:
+        assert ARGUMENT_NAMES.search(str(exc)), str(exc)
+        return
+    try:
+        out = layer(x)
+    except (ValueError, TypeError) as exc:
+        assert ARGUMENT_NAMES.search(str(exc)) or "input_shape" in str(exc), str(exc)
+        return
+    weights = layer.get_weights()
+    expected = reference.conv2d(
+        x.astype(np.float32), weights[0], weights[1] if use_bias else None, padding=layer.padding,
+        activation=layer.activation,
+    )  # fmt: skip
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=2e-3, atol=2e-3 * (1 + np.abs(expected).max(initial=0)))
