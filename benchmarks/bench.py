@@ -8,7 +8,8 @@ two ceilings: a large buffer copy (the floor of a memory-bound workload) and
 the best GFLOP/s any clatrous row reached.
 
 Peers, each when installed (``pip install ".[bench]"``): PyTorch (oneDNN on a
-CPU), tinygrad on OpenCL, CLBlast's convgemm through pyclblast, the naive
+CPU), tinygrad on OpenCL, CLBlast's convgemm (the C library through ctypes:
+Debian's libclblast-dev, or CLBLAST_LIBRARY=path), the naive
 one-output-per-work-item kernel (clatrous's ``direct`` variant), and the NumPy
 reference on the small workloads.  Every clatrous result is checked against
 the reference before it is timed.
@@ -344,13 +345,18 @@ def check(wl, rt) -> float:
 
 
 def versions() -> str:
-    names = ["clatrous", "pyopencl", "numpy", "torch", "tinygrad", "pyclblast"]
+    names = ["clatrous", "pyopencl", "numpy", "torch", "tinygrad"]
     found = []
     for name in names:
         try:
             found.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             pass
+    import ctypes.util
+
+    clblast_lib = os.environ.get("CLBLAST_LIBRARY") or ctypes.util.find_library("clblast")
+    if clblast_lib:
+        found.append(f"CLBlast ({clblast_lib})")
     return ", ".join(found)
 
 
