@@ -196,24 +196,27 @@ def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | No
 
 
 def _check_device(runtime: Runtime, prepared: Prepared) -> None:
+    """What depends on the device: float64 support, and device arrays living there."""
     if prepared.dtype == np.float64 and not runtime.info.fp64:
         raise UnsupportedDeviceError(
             f"x is float64 but device {runtime.info.name!r} ({runtime.info.platform}) has no "
             "cl_khr_fp64; pass float32 data or choose another device"
         )
-    if not variants.fits_int32(prepared.geometry):
-        raise ValueError(f"a size of {prepared.geometry} exceeds the kernels' 32-bit indices")
-
-
-def _device_buffer(runtime: Runtime, value, dtype: np.dtype, name: str):
-    """A buffer holding ``value`` (host array or device Array) as contiguous ``dtype``."""
-    if is_device_array(value):
-        if value.dtype != dtype:
-            raise TypeError(f"{name} on the device must have dtype {dtype}, got {value.dtype}")
+    for name in ("x", "kernel", "bias"):
+        value = getattr(prepared, name)
+        if not is_device_array(value):
+            continue
+        if value.dtype != prepared.dtype:
+            raise TypeError(f"{name} on the device must have dtype {prepared.dtype}, got {value.dtype}")
         if not value.flags.c_contiguous:
             raise ValueError(f"{name} on the device must be C-contiguous")
         if value.context != runtime.context:
             raise ValueError(f"{name} lives in another OpenCL context than the device used")
+
+
+def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
+    """A buffer holding ``value`` (host array or checked device Array) as contiguous ``dtype``."""
+    if is_device_array(value):
         if value.offset == 0:
             return value.base_data
         # A view with an offset: copy on the device so vector loads stay aligned.
@@ -240,19 +243,17 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def _input_buffer(runtime: Runtime, value, dtype: np.dtype):
     """The input ``x``: shared in place on a host-memory device when it can be."""
     if runtime.info.host_memory and not is_device_array(value):
-        host = np.ascontiguousarray(value, dtype=dtype)
-        if host.ctypes.data % _ALIGN == 0 and host.flags.writeable:
+        value = np.ascontiguousarray(value, dtype=dtype)
+        if value.ctypes.data % _ALIGN == 0 and value.flags.writeable:
             # READ_ONLY: the kernels never write x, so the caller's array is safe.
-            return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=host)
-    return _device_buffer(runtime, value, dtype, "x")
+            return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=value)
+    return _device_buffer(runtime, value, dtype)
 
 
 def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
     runtime = _runtime_for(prepared, device)
     dtype = prepared.dtype
     on_device = is_device_array(prepared.x)
-    if on_device and prepared.x.dtype != dtype:
-        raise TypeError(f"x on the device must be float32 or float64, got {prepared.x.dtype}")
     _check_device(runtime, prepared)
 
     if 0 in out_shape:
@@ -290,8 +291,8 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
     queue = runtime.queue
     try:
         x_buf = _input_buffer(runtime, prepared.x, dtype)
-        w_buf = _device_buffer(runtime, prepared.kernel, dtype, "kernel")
-        b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, "bias")
+        w_buf = _device_buffer(runtime, prepared.kernel, dtype)
+        b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype)
         if on_device:
             result = cl_array.empty(queue, out_shape, dtype)
             y_buf = result.base_data

@@ -20,9 +20,6 @@ from .geometry import ConvGeometry
 
 __all__ = ["VARIANTS", "Plan", "applicable", "make_plan", "search_space"]
 
-_INT_MAX = 2**31 - 1
-
-
 @dataclass(frozen=True)
 class Plan:
     """A fully specialised launch."""
@@ -131,11 +128,6 @@ def make_plan(
         local_size=local_size,
         scalars=tuple(np.int32(v) for v in scalars),
     )
-
-
-def fits_int32(g: ConvGeometry) -> bool:
-    """Whether every run-time index the kernels keep in 32 bits fits there."""
-    return max(g.n * g.ho, g.h * g.w, g.w * g.cin, g.wo * g.cout, g.kh * g.kw * g.cin * g.cout) <= _INT_MAX
 
 
 #: Tunable parameters per variant; the tuner walks these.
