@@ -20,6 +20,7 @@ from .geometry import ConvGeometry
 
 __all__ = ["VARIANTS", "Plan", "applicable", "make_plan", "search_space"]
 
+
 @dataclass(frozen=True)
 class Plan:
     """A fully specialised launch."""

@@ -151,6 +151,30 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
     }
 }
 
+// Writes the block of PX pixels from output column ox0 and VW*NV channels
+// from co0 into the output row yrow, with bias and activation; pixels past
+// WO and channels past COUT (a last, partial block) are not written.
+static inline void store_block(realv acc[PX][NV], __global REAL *restrict yrow,
+                               const __global REAL *restrict bias,
+                               const int ox0, const int co0, const int WO, const int COUT)
+{
+#pragma unroll
+    for (int p = 0; p < PX; ++p) {
+        const int ox = ox0 + p;
+        if (ox >= WO) break;
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            const int co = co0 + v * VW;
+            if (co >= COUT) break;
+            realv value = acc[p][v];
+#if HAS_BIAS
+            value += VLOAD(bias + co);
+#endif
+            VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
+        }
+    }
+}
+
 // Channel offsets of the NV vectors, clamped so that the loads of a last,
 // partial channel block stay inside w; those lanes are never stored.
 static inline void channel_offsets(int cov[NV], const int co0, const int COUT)
@@ -185,22 +209,7 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 
     accumulate(acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 
-    __global REAL *yrow = y + (long)row * WO * COUT;
-#pragma unroll
-    for (int p = 0; p < PX; ++p) {
-        const int ox = ox0 + p;
-        if (ox >= WO) break;
-#pragma unroll
-        for (int v = 0; v < NV; ++v) {
-            const int co = co0 + v * VW;
-            if (co >= COUT) break;
-            realv value = acc[p][v];
-#if HAS_BIAS
-            value += VLOAD(bias + co);
-#endif
-            VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
-        }
-    }
+    store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT);
 }
 
 // The channel-tiled form, for many input channels: a work-item covers NB
@@ -254,22 +263,6 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
         }
     }
 
-    __global REAL *yrow = y + (long)row * WO * COUT;
-    for (int b = 0; b < blocks; ++b) {
-#pragma unroll
-        for (int p = 0; p < PX; ++p) {
-            const int ox = ox_first + b * PX + p;
-            if (ox >= WO) break;
-#pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                const int co = co0 + v * VW;
-                if (co >= COUT) break;
-                realv value = partial[b][p][v];
-#if HAS_BIAS
-                value += VLOAD(bias + co);
-#endif
-                VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
-            }
-        }
-    }
+    for (int b = 0; b < blocks; ++b)
+        store_block(partial[b], y + (long)row * WO * COUT, bias, ox_first + b * PX, co0, WO, COUT);
 }

@@ -33,18 +33,22 @@ def test_conv1d_matches_reference(problem):
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
 
+def _choices(g, dtype):
+    """Every (variant, configuration) the tuner could pick for geometry g."""
+    return [
+        (variant, config)
+        for variant in variants.VARIANTS
+        for config in variants.search_space(variant, g, dtype)
+        if variants.applicable(variant, g, config)
+    ]
+
+
 @given(conv2d_problem(), st.data())
 def test_every_variant_and_configuration(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
-    choices = [
-        (variant, config)
-        for variant in variants.VARIANTS
-        for config in variants.search_space(variant, g, x.dtype)
-        if variants.applicable(variant, g, config)
-    ]
-    variant, config = data.draw(st.sampled_from(choices), label="variant, config")
+    variant, config = data.draw(st.sampled_from(_choices(g, x.dtype)), label="variant, config")
     out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=(variant, config))
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
@@ -54,13 +58,7 @@ def test_every_variant_on_conv1d(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = prepare(x, kernel, bias, ndim=1, **kwargs).geometry
-    choices = [
-        (variant, config)
-        for variant in variants.VARIANTS
-        for config in variants.search_space(variant, g, x.dtype)
-        if variants.applicable(variant, g, config)
-    ]
-    variant, config = data.draw(st.sampled_from(choices), label="variant, config")
+    variant, config = data.draw(st.sampled_from(_choices(g, x.dtype)), label="variant, config")
     out = clatrous.conv1d(x, kernel, bias, **kwargs, _choice=(variant, config))
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
