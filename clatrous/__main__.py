@@ -98,7 +98,9 @@ def _tune(args) -> int:
             print(exc, file=sys.stderr)
             return 2
         print(f"tuning {text} on {info.name}")
-        result = tuning.tune(x_shape, kernel_shape, dtype=dtype, repeats=args.repeats, **geometry)
+        result = tuning.tune(
+            x_shape, kernel_shape, dtype=dtype, repeats=args.repeats, budget_s=args.budget or None, **geometry
+        )
         for variant, config, seconds in result.timings[: args.top]:
             print(f"  {seconds * 1e3:9.3f} ms  {variant} {config}")
         for variant, config, reason in result.rejected:
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("shapes", nargs="*", help="conv2d:key=value,... or conv1d:key=value,...")
     tune.add_argument("--repeats", type=int, default=5, help="timed runs per candidate (the fastest counts)")
     tune.add_argument("--top", type=int, default=5, help="how many of the fastest to print")
+    tune.add_argument(
+        "--budget", type=float, default=120.0, help="seconds per shape, at most (0: try every configuration)"
+    )
     tune.add_argument("--show", action="store_true", help="print what is stored for the present device")
     args = parser.parse_args(argv)
     return {"devices": _devices, "tune": _tune}[args.command](args)

@@ -188,6 +188,7 @@ def tune(
     dtype=np.float32,
     device=None,
     repeats: int = 5,
+    budget_s: float | None = None,
     progress: bool = True,
     store: bool = True,
     candidates: list[tuple[str, dict]] | None = None,
@@ -198,8 +199,11 @@ def tune(
     random data (a candidate that differs, or fails to build, is rejected),
     then timed: the fastest of ``repeats`` runs on device-resident arrays.
     The winner is stored in the per-user tuning database unless ``store`` is
-    False.  ``x_shape`` and ``kernel_shape`` are those of :func:`conv2d` (4-D)
-    or :func:`conv1d` (3-D).
+    False.  With ``budget_s``, the search stops after that many seconds: the
+    default configuration is tried first, the others in a shuffled (but
+    repeatable) order, so a short budget still samples the whole space.
+    ``x_shape`` and ``kernel_shape`` are those of :func:`conv2d` (4-D) or
+    :func:`conv1d` (3-D).
     """
     import pyopencl.array as cl_array
 
@@ -224,20 +228,29 @@ def tune(
     bound = reference.error_bound(x, kernel, dtype, ndim=ndim, **geometry_args)
 
     if candidates is None:
-        # The reference configuration (the direct kernel) first, as CLBlast's tuner does.
-        candidates = [
+        space = [
             (variant, config)
             for variant in variants.VARIANTS
             for config in variants.search_space(variant, g, dtype)
             if variants.applicable(variant, g, config)
         ]
+        first = default_config(runtime.info, g, dtype)
+        rest = [c for c in space if c != first]
+        np.random.default_rng(0).shuffle(rest)
+        candidates = [first, *rest] if first in space else rest
     queue = runtime.queue
     x_dev = cl_array.to_device(queue, x)
     k_dev = cl_array.to_device(queue, kernel)
     b_dev = cl_array.to_device(queue, bias)
     stream = sys.stderr
     timings, rejected = [], []
+    started = time.perf_counter()
     for index, (variant, config) in enumerate(candidates):
+        if budget_s is not None and timings and time.perf_counter() - started > budget_s:
+            rejected.append(
+                ("...", {}, f"{len(candidates) - index} more not tried: the {budget_s:g} s budget ran out")
+            )
+            break
         label = f"{variant} {' '.join(f'{k}={v}' for k, v in sorted(config.items()))}"
         if progress:
             _progress(index, len(candidates), label, stream)

@@ -148,10 +148,11 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
             return []  # one tile would hold every channel: that is the blocked variant
         # NB: enough blocks for the whole row, or a few (more, shorter work-items)
         row_blocks = {nb for nb in (2, 4) if nb * 4 < g.wo}
+        vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
+        if g.cout % vw:
+            return []
         return [
             {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, **local}
-            for vw in (8, 16)
-            if g.cout % vw == 0
             for nv in (1, 2, 4)
             if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
             for px in (4, 6, 8)
