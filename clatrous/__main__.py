@@ -105,6 +105,8 @@ def _tune(args) -> int:
             print(f"  {seconds * 1e3:9.3f} ms  {variant} {config}")
         for variant, config, reason in result.rejected:
             print(f"  rejected  {variant} {config}: {reason}")
+        if result.untried:
+            print(f"  {result.untried} configurations not tried: the {args.budget:g} s budget ran out")
         print(f"  stored {result.winner[0]} {result.winner[1]} for '{result.key}' in {result.path}")
     return 0
 

@@ -63,7 +63,8 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     # channel-tiled kernel, which keeps a slice of them in cache, wins.
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
-        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": -(-g.wo // 6), "LOCAL0": 1, "LOCAL1": 1}
+        nb = min(-(-g.wo // 6), variants.tiled_max_blocks(6, nv, vw, itemsize))
+        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": nb, "LOCAL0": 1, "LOCAL1": 1}
     return "blocked", {"VW": vw, "NV": nv, "PX": 6}
 
 
@@ -159,12 +160,15 @@ def choose(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dic
 class TuningResult:
     """What :func:`tune` found: every candidate's time, and the winner."""
 
-    def __init__(self, key: str, timings: list, rejected: list, winner: tuple, path: Path | None):
+    def __init__(
+        self, key: str, timings: list, rejected: list, winner: tuple, path: Path | None, untried: int
+    ):
         self.key = key
         self.timings = timings  # [(variant, config, seconds)], fastest first
         self.rejected = rejected  # [(variant, config, reason)]
         self.winner = winner  # (variant, config, seconds)
         self.path = path
+        self.untried = untried  # candidates left when the time budget ran out
 
     def __repr__(self) -> str:
         variant, config, seconds = self.winner
@@ -245,11 +249,10 @@ def tune(
     stream = sys.stderr
     timings, rejected = [], []
     started = time.perf_counter()
+    untried = 0
     for index, (variant, config) in enumerate(candidates):
         if budget_s is not None and timings and time.perf_counter() - started > budget_s:
-            rejected.append(
-                ("...", {}, f"{len(candidates) - index} more not tried: the {budget_s:g} s budget ran out")
-            )
+            untried = len(candidates) - index
             break
         label = f"{variant} {' '.join(f'{k}={v}' for k, v in sorted(config.items()))}"
         if progress:
@@ -291,4 +294,4 @@ def tune(
         }
         path = _store(runtime.info.key, key, entry)
         conv.forget_launches()
-    return TuningResult(key, timings, rejected, winner, path)
+    return TuningResult(key, timings, rejected, winner, path, untried)

@@ -131,6 +131,15 @@ def make_plan(
     )
 
 
+#: The most private memory a tiled work-item may keep partial sums in.
+TILED_PRIVATE_BYTES = 16 * 1024
+
+
+def tiled_max_blocks(px: int, nv: int, vw: int, itemsize: int) -> int:
+    """The largest NB whose partial sums (NB*PX*NV*VW elements) fit TILED_PRIVATE_BYTES."""
+    return max(1, TILED_PRIVATE_BYTES // (px * nv * vw * itemsize))
+
+
 #: Tunable parameters per variant; the tuner walks these.
 VARIANTS = ("direct", "blocked", "tiled", "plane")
 
@@ -146,17 +155,18 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
     if variant == "tiled":
         if g.cin < 32:
             return []  # one tile would hold every channel: that is the blocked variant
-        # NB: enough blocks for the whole row, or a few (more, shorter work-items)
-        row_blocks = {nb for nb in (2, 4) if nb * 4 < g.wo}
         vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
         if g.cout % vw:
             return []
+        itemsize = np.dtype(dtype).itemsize
         return [
             {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, **local}
             for nv in (1, 2, 4)
             if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
             for px in (4, 6, 8)
-            for nb in sorted(row_blocks | {_ceil_div(g.wo, px)})
+            # NB: a few blocks (more, shorter work-items), or the whole row when
+            # its partial sums fit a work-item's private memory
+            for nb in sorted({2, 4, min(_ceil_div(g.wo, px), tiled_max_blocks(px, nv, vw, itemsize))})
             for ct in (32, 64, 128)
             if ct < g.cin
             # the driver's work-group size, or one work-item per group (which

@@ -117,3 +117,26 @@ def test_tune_command_line(cache, capfd):
     assert main(["tune", "--show"]) == 0
     assert "cin=2 cout=4" in capfd.readouterr().out
     assert main(["tune", "conv2d:n=1,h=8,bogus=3"]) == 2
+
+
+def test_a_time_budget_stops_the_search_after_the_default(cache):
+    result = tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, budget_s=0, **GEOMETRY)
+    info = runtime.get_runtime().info
+    assert len(result.timings) == 1 and result.untried > 0
+    assert result.winner[:2] == tuning.default_config(info, _geometry(), np.float32)
+
+
+def test_tiled_partial_sums_stay_small_on_long_rows():
+    # A whole 16000-pixel row of partial sums would overflow a work-item's stack.
+    x = np.ones((1, 1, 16000, 40), np.float32)
+    g = prepare(x, np.ones((1, 2, 40, 16), np.float32), None, ndim=2, activation=None,
+                strides=1, padding="same", dilation_rate=256).geometry  # fmt: skip
+    configs = variants.search_space("tiled", g, np.float32)
+    assert configs
+    assert max(c["NB"] * c["PX"] * c["NV"] * c["VW"] * 4 for c in configs) <= variants.TILED_PRIVATE_BYTES
+    widest = max(configs, key=lambda c: c["NB"] * c["PX"])
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 1, 3000, 40)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 40, 16)).astype(np.float32)
+    out = clatrous.conv2d(x, k, padding="same", dilation_rate=256, _choice=("tiled", widest))
+    assert_matches_reference(out, x, k, padding="same", dilation_rate=256)
