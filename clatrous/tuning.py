@@ -64,7 +64,7 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
         nb = min(-(-g.wo // 6), variants.tiled_max_blocks(6, nv, vw, itemsize))
-        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": nb, "LOCAL0": 1, "LOCAL1": 1}
+        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": nb}
     return "blocked", {"VW": vw, "NV": nv, "PX": 6}
 
 

@@ -106,6 +106,10 @@ def make_plan(
         options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}"]
         options += [f"-DKH={g.kh}", f"-DKW={g.kw}"]
         counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * g.ho)
+        # One work-item per work-group: it spreads the few, long work-items
+        # over every core of a CPU, and a driver that keeps the private memory
+        # of a whole group at once (PoCL) then needs only one work-item's.
+        local = (1, 1, 1)
         scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
     elif variant == "plane":
         vw = config["VW"]
@@ -131,7 +135,8 @@ def make_plan(
     )
 
 
-#: The most private memory a tiled work-item may keep partial sums in.
+#: The most private memory a tiled work-item may keep partial sums in
+#: (a CPU driver's work-item stack is typically a few hundred KiB).
 TILED_PRIVATE_BYTES = 16 * 1024
 
 
@@ -160,7 +165,7 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
             return []
         itemsize = np.dtype(dtype).itemsize
         return [
-            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, **local}
+            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb}
             for nv in (1, 2, 4)
             if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
             for px in (4, 6, 8)
@@ -169,9 +174,6 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
             for nb in sorted({2, 4, min(_ceil_div(g.wo, px), tiled_max_blocks(px, nv, vw, itemsize))})
             for ct in (32, 64, 128)
             if ct < g.cin
-            # the driver's work-group size, or one work-item per group (which
-            # spreads few, long work-items over every core of a CPU)
-            for local in ({}, {"LOCAL0": 1, "LOCAL1": 1})
         ]
     configs = []
     for vw in (1, 2, 4, 8, 16):

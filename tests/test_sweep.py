@@ -39,7 +39,7 @@ CASES = [
     ("blocked", {"VW": 1, "NV": 1, "PX": 2}, SHAPES_2D),
     ("blocked", {"VW": 2, "NV": 4, "PX": 1}, SHAPES_2D[1:2]),
     ("tiled", {"VW": 8, "NV": 2, "PX": 4, "CT": 16, "NB": 2}, SHAPES_TILED),
-    ("tiled", {"VW": 8, "NV": 1, "PX": 6, "CT": 32, "NB": 2, "LOCAL0": 1, "LOCAL1": 1}, SHAPES_TILED),
+    ("tiled", {"VW": 8, "NV": 1, "PX": 6, "CT": 32, "NB": 2}, SHAPES_TILED),
     ("tiled", {"VW": 8, "NV": 1, "PX": 2, "CT": 32, "NB": 4}, SHAPES_TILED),
     ("plane", {"VW": 8, "RB": 4}, SHAPES_PLANE + SHAPES_2D[3:]),
     ("plane", {"VW": 4, "RB": 1}, SHAPES_PLANE[:1]),
