@@ -384,6 +384,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per workload, at most")
     parser.add_argument("--peers", help="comma-separated peer names to run (default: all installed)")
     parser.add_argument("--record", help="append the table, with machine and versions, to this Markdown file")
+    parser.add_argument("--label", default="", help="a title for the recorded run (e.g. 'defaults', 'tuned')")
     args = parser.parse_args(argv)
 
     device = runtime.find_device(args.device) if args.device else None
@@ -394,10 +395,14 @@ def main(argv=None) -> int:
         workloads = [w for w in workloads if w.name in wanted]
     peers = {k: v for k, v in PEERS.items() if not args.peers or k in args.peers.split(",")}
 
+    from clatrous import tuning
+
+    tuned = tuning.load_database().get(rt.info.key, {})
     header = (
         f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
         f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}\n"
-        f"versions: Python {platform.python_version()}, {versions()}"
+        f"versions: Python {platform.python_version()}, {versions()}\n"
+        f"tuning database: {len(tuned)} entries for this device in {tuning.database_path()}"
     )
     print(header)
     bandwidth = copy_bandwidth(rt)
@@ -438,7 +443,8 @@ def main(argv=None) -> int:
     if args.record:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with open(args.record, "a", encoding="utf-8") as f:
-            f.write(f"\n## Run of {stamp}\n\n```\n{header}\n```\n\n{table}\n")
+            title = f"{args.label}, {stamp}" if args.label else stamp
+            f.write(f"\n## {title}\n\n```\n{header}\n```\n\n{table}\n")
         print(f"appended to {args.record}")
     return 0
 
