@@ -78,29 +78,17 @@ def make_plan(
         raise ValueError(f"variant {variant!r} with {config} cannot compute {g}")
     options = _common_options(dtype, activation, has_bias)
     local = _local(config)
+    # Run-time geometry, in the kernels' argument order after the four buffers.
+    sizes = (g.h, g.w, g.cin, g.cout, g.ho, g.wo)
+    steps = (g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
     if variant == "direct":
         counts = (g.cout, g.wo, g.n * g.ho)
-        scalars = (
-            g.h,
-            g.w,
-            g.cin,
-            g.cout,
-            g.ho,
-            g.wo,
-            g.kh,
-            g.kw,
-            g.sh,
-            g.sw,
-            g.dh,
-            g.dw,
-            g.pad_top,
-            g.pad_left,
-        )
+        scalars = (*sizes, g.kh, g.kw, *steps)
     elif variant == "blocked":
         vw, nv, px = config["VW"], config["NV"], config["PX"]
         options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
         counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px), g.n * g.ho)
-        scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+        scalars = (*sizes, *steps)
     elif variant == "tiled":
         vw, nv, px, ct, nb = config["VW"], config["NV"], config["PX"], config["CT"], config["NB"]
         options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}"]
@@ -110,7 +98,7 @@ def make_plan(
         # over every core of a CPU, and a driver that keeps the private memory
         # of a whole group at once (PoCL) then needs only one work-item's.
         local = (1, 1, 1)
-        scalars = (g.h, g.w, g.cin, g.cout, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+        scalars = (*sizes, *steps)
     elif variant == "plane":
         vw = config["VW"]
         # Rows STEP apart share input rows; without such a lattice, one row each.
@@ -118,8 +106,7 @@ def make_plan(
         chunks = _ceil_div(_ceil_div(g.ho, step), rb)
         options += [f"-DVW={vw}", f"-DRB={rb}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
         counts = (_ceil_div(g.wo, vw), g.n * step * chunks)
-        local = (local[0], 1) if local else None
-        scalars = (g.h, g.w, g.ho, g.wo, g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left, step, chunks)
+        scalars = (g.h, g.w, g.ho, g.wo, *steps, step, chunks)
     else:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
     global_size, local_size = _ndrange(counts, local)
