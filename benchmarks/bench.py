@@ -344,9 +344,23 @@ def check(wl, rt) -> float:
     return err
 
 
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def versions() -> str:
     names = ["clatrous", "pyopencl", "numpy", "torch", "tinygrad"]
-    found = []
+    commit = _git_commit()
+    found = [f"clatrous commit {commit}"] if commit else []
     for name in names:
         try:
             found.append(f"{name} {importlib.metadata.version(name)}")

@@ -214,22 +214,10 @@ def _check_device(runtime: Runtime, prepared: Prepared) -> None:
             raise ValueError(f"{name} lives in another OpenCL context than the device used")
 
 
-def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
-    """A buffer holding ``value`` (host array or checked device Array) as contiguous ``dtype``."""
-    if is_device_array(value):
-        if value.offset == 0:
-            return value.base_data
-        # A view with an offset: copy on the device so vector loads stay aligned.
-        buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
-        cl.enqueue_copy(runtime.queue, buf, value.base_data, src_offset=value.offset, byte_count=value.nbytes)
-        return buf
-    host = np.ascontiguousarray(value, dtype=dtype)
-    return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
-
-
-# Devices that compute in host memory (CPUs) can use a host array in place
-# when it starts on this boundary (CL_DEVICE_MEM_BASE_ADDR_ALIGN on common
-# drivers), which saves copying the input in and the output out.
+# Devices that compute in host memory (CPUs) use a host array in place when
+# it starts on this boundary (CL_DEVICE_MEM_BASE_ADDR_ALIGN on common drivers).
+# Anything else is first copied to such memory: handing PoCL an unaligned
+# array to copy made the W6 kernel 4x slower than the copy itself.
 _ALIGN = 128
 
 
@@ -240,14 +228,34 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _input_buffer(runtime: Runtime, value, dtype: np.dtype):
-    """The input ``x``: shared in place on a host-memory device when it can be."""
-    if runtime.info.host_memory and not is_device_array(value):
-        value = np.ascontiguousarray(value, dtype=dtype)
-        if value.ctypes.data % _ALIGN == 0 and value.flags.writeable:
-            # READ_ONLY: the kernels never write x, so the caller's array is safe.
-            return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=value)
-    return _device_buffer(runtime, value, dtype)
+def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
+    """A read-only buffer of ``value`` (host array or checked device Array) as contiguous ``dtype``.
+
+    The caller's array is never written: the kernels only read these buffers,
+    and a host array that needs converting is copied first.
+    """
+    if is_device_array(value):
+        if value.offset == 0:
+            return value.base_data
+        # A view with an offset: copy on the device so vector loads stay aligned.
+        buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
+        cl.enqueue_copy(runtime.queue, buf, value.base_data, src_offset=value.offset, byte_count=value.nbytes)
+        return buf
+    if not runtime.info.host_memory:
+        host = np.ascontiguousarray(value, dtype=dtype)
+        return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
+    value = np.asarray(value)
+    ready = (
+        value.dtype == dtype
+        and value.flags.c_contiguous
+        and value.flags.writeable  # PyOpenCL shares only writable memory
+        and value.ctypes.data % _ALIGN == 0
+    )
+    if not ready:
+        staged = _aligned_empty(value.shape, dtype)
+        np.copyto(staged, value, casting="unsafe")
+        value = staged
+    return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=value)
 
 
 def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
@@ -290,7 +298,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
     launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
     try:
-        x_buf = _input_buffer(runtime, prepared.x, dtype)
+        x_buf = _device_buffer(runtime, prepared.x, dtype)
         w_buf = _device_buffer(runtime, prepared.kernel, dtype)
         b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype)
         if on_device:
