@@ -228,6 +228,14 @@ def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def aligned_copy(value, dtype) -> np.ndarray:
+    """A C-contiguous copy of ``value`` in ``dtype``, in memory a CPU device can share."""
+    value = np.asarray(value)
+    out = _aligned_empty(value.shape, np.dtype(dtype))
+    np.copyto(out, value, casting="unsafe")
+    return out
+
+
 def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
     """A read-only buffer of ``value`` (host array or checked device Array) as contiguous ``dtype``.
 
@@ -252,9 +260,7 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
         and value.ctypes.data % _ALIGN == 0
     )
     if not ready:
-        staged = _aligned_empty(value.shape, dtype)
-        np.copyto(staged, value, casting="unsafe")
-        value = staged
+        value = aligned_copy(value, dtype)
     return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=value)
 
 

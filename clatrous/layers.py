@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .arguments import is_device_array, normalize_activation
-from .conv import conv2d
+from .conv import aligned_copy, conv2d
 from .geometry import normalize_padding, normalize_tuple, output_length, same_padding
 
 __all__ = ["Conv2D"]
@@ -102,8 +102,8 @@ class Conv2D:
         fan_in, fan_out = kh * kw * cin, kh * kw * self.filters
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         rng = np.random.default_rng()
-        self.kernel = rng.uniform(-limit, limit, (kh, kw, cin, self.filters)).astype(self.dtype)
-        self.bias = np.zeros(self.filters, self.dtype) if self.use_bias else None
+        self.kernel = aligned_copy(rng.uniform(-limit, limit, (kh, kw, cin, self.filters)), self.dtype)
+        self.bias = aligned_copy(np.zeros(self.filters), self.dtype) if self.use_bias else None
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -140,8 +140,9 @@ class Conv2D:
                 raise TypeError(f"bias weights must be real numbers, got dtype {bias.dtype}")
             if bias.shape != (self.filters,):
                 raise ValueError(f"bias weights must have shape {(self.filters,)}, got {bias.shape}")
-            bias = np.array(bias, dtype=self.dtype)
-        self.kernel = np.array(kernel, dtype=self.dtype)
+            bias = aligned_copy(bias, self.dtype)
+        # The layer's own copies, aligned so that a CPU device reads them in place.
+        self.kernel = aligned_copy(kernel, self.dtype)
         self.bias = bias
 
     def __call__(self, x):

@@ -202,6 +202,15 @@ class TestConv2DLayer:
         got[0][:] = 7  # and hands out copies
         assert np.all(layer.get_weights()[0] != 7)
 
+    def test_weights_are_kept_where_a_cpu_device_can_read_them_in_place(self):
+        layer = clatrous.Conv2D(8, 3)
+        layer.build((None, 9, 9, 3))
+        layer.set_weights([RNG.standard_normal((3, 3, 3, 8))[::-1], np.arange(8)])
+        for array in (layer.kernel, layer.bias):
+            assert array.flags.c_contiguous and array.ctypes.data % 128 == 0 and array.dtype == np.float32
+        x = RNG.standard_normal((2, 9, 9, 3)).astype(np.float32)
+        assert_matches_reference(layer(x), x, layer.kernel, layer.bias)
+
     def test_config_round_trip(self):
         layer = clatrous.Conv2D(8, 3, strides=2, padding=((1, 0), (0, 1)), dilation_rate=3, activation="relu")
         clone = clatrous.Conv2D.from_config(layer.get_config())
