@@ -131,9 +131,9 @@ def dilate(kernel, rate) -> np.ndarray:
     Examples
     --------
     >>> dilate([[10, -8], [15, -2]], 2)
-    array([[ 10,   0,  -8],
-           [  0,   0,   0],
-           [ 15,   0,  -2]])
+    array([[10,  0, -8],
+           [ 0,  0,  0],
+           [15,  0, -2]])
     """
     from .geometry import normalize_tuple
 
