@@ -100,22 +100,24 @@ WORKLOADS = [
 
 
 def parse_workload(text: str) -> Workload:
-    """``name:kind:key=value,...`` with integer values (and padding=word); nothing is evaluated."""
+    """``name:kind:key=value,...``, the shape grammar of ``python -m clatrous tune``."""
+    from clatrous.__main__ import parse_shape
+
+    name, sep, shape = text.partition(":")
     try:
-        name, kind, spec = text.split(":", 2)
-    except ValueError:
-        raise SystemExit(f"--workload wants name:conv2d|conv1d:key=value,..., got {text!r}") from None
-    if kind not in ("conv2d", "conv1d"):
-        raise SystemExit(f"--workload kind must be conv2d or conv1d, got {kind!r}")
-    values = dict(n=1, h=1, w=1, cin=1, cout=1, k=3, d=1, s=1, padding="same")
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        if key not in values:
-            raise SystemExit(f"--workload: unknown key {key!r}; known: {sorted(values)}")
-        values[key] = value if key == "padding" else int(value)
-    k = values.pop("k")
-    kh = 1 if kind == "conv1d" else k
-    return Workload(name, kind, kh=kh, kw=k, **values)
+        if not sep:
+            raise ValueError(f"--workload wants name:conv2d|conv1d:key=value,..., got {text!r}")
+        kind, x_shape, k_shape, geometry, dtype = parse_shape(shape)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if dtype != "float32":
+        raise SystemExit(f"--workload: the benchmark runs float32 only, got dtype={dtype}")
+    strides, padding, d = geometry["strides"], geometry["padding"], geometry["dilation_rate"]
+    if kind == "conv1d":
+        (n, w, cin), (kw, _, cout) = x_shape, k_shape
+        return Workload(name, kind, n, 1, w, cin, cout, 1, kw, d, strides, padding)
+    (n, h, w, cin), (kh, kw, _, cout) = x_shape, k_shape
+    return Workload(name, kind, n, h, w, cin, cout, kh, kw, d, strides, padding)
 
 
 # ---------------------------------------------------------------- peers
