@@ -236,11 +236,14 @@ def aligned_copy(value, dtype) -> np.ndarray:
     return out
 
 
-def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
+def _device_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool):
     """A read-only buffer of ``value`` (host array or checked device Array) as contiguous ``dtype``.
 
     The caller's array is never written: the kernels only read these buffers,
-    and a host array that needs converting is copied first.
+    and a host array that needs converting is copied first.  ``share`` lets a
+    CPU device read a host array in place; only a call that waits for its
+    kernel may share, since the caller (or the garbage collector) is free to
+    change or free the array once the call returns.
     """
     if is_device_array(value):
         if value.offset == 0:
@@ -261,7 +264,10 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype):
     )
     if not ready:
         value = aligned_copy(value, dtype)
-    return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=value)
+    # COPY_HOST_PTR copies before clCreateBuffer returns, so nothing of the
+    # host array is read after this call.
+    flags = _MF.USE_HOST_PTR if share else _MF.COPY_HOST_PTR
+    return cl.Buffer(runtime.context, _MF.READ_ONLY | flags, hostbuf=value)
 
 
 def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
@@ -304,9 +310,12 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
     launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
     try:
-        x_buf = _device_buffer(runtime, prepared.x, dtype)
-        w_buf = _device_buffer(runtime, prepared.kernel, dtype)
-        b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype)
+        # A call on device arrays returns before its kernel runs: it must not
+        # leave the kernel reading host memory it does not own.
+        share = not on_device
+        x_buf = _device_buffer(runtime, prepared.x, dtype, share=share)
+        w_buf = _device_buffer(runtime, prepared.kernel, dtype, share=share)
+        b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, share=share)
         if on_device:
             result = cl_array.empty(queue, out_shape, dtype)
             y_buf = result.base_data

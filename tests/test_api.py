@@ -1,5 +1,7 @@
 """The public API's contract: dtypes, layouts, device arrays, the layer, caching."""
 
+import gc
+
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
@@ -7,6 +9,7 @@ from helpers import assert_matches_reference, skip_without_fp64
 
 import clatrous
 from clatrous import reference, runtime
+from clatrous.conv import aligned_copy
 
 RNG = np.random.default_rng(7)
 
@@ -132,6 +135,32 @@ def test_device_array_in_gives_array_out_on_the_same_queue():
         dilation_rate=2,
     )
     np.testing.assert_array_equal(out2.get(), out.get())
+
+
+def test_device_array_call_does_not_share_the_callers_host_arrays():
+    # With x on the device the call returns before the kernel has run, so the
+    # host kernel and bias must be copied, not read in place later: changing
+    # or freeing them right after the call must not change the result.
+    # (Shared in place, this gave NaN results or a segfault on PoCL.)
+    queue = runtime.get_runtime().queue
+    x = RNG.standard_normal((2, 40, 40, 32)).astype(np.float32)
+    kernel = aligned_copy(RNG.standard_normal((3, 3, 32, 64)), np.float32)
+    bias = aligned_copy(RNG.standard_normal(64), np.float32)
+    expected_args = (x, kernel.copy(), bias.copy())
+    x_dev = cl_array.to_device(queue, x)
+    queue.finish()
+    out = clatrous.conv2d(x_dev, kernel, bias, padding="same", dilation_rate=2)
+    kernel[:] = np.nan
+    bias[:] = np.nan
+    assert_matches_reference(out.get(), *expected_args, padding="same", dilation_rate=2)
+    # A kernel that needs converting is copied by clatrous; that copy must
+    # outlive the launch too.
+    kernel64 = RNG.standard_normal((3, 3, 32, 64))
+    out = clatrous.conv2d(x_dev, kernel64, padding="same")
+    gc.collect()
+    clutter = [np.full(kernel64.shape, np.nan, np.float32) for _ in range(8)]  # reuse freed memory
+    assert_matches_reference(out.get(), x, kernel64.astype(np.float32), padding="same")
+    del clutter
 
 
 def test_device_array_view_with_offset():
