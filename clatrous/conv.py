@@ -182,6 +182,11 @@ def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | No
     g = prepared.geometry
     has_bias = prepared.bias is not None
     if choice is not None:
+        if not tuning.fits(runtime.info, *choice, prepared.dtype):
+            raise UnsupportedDeviceError(
+                f"{choice[0]} {choice[1]} needs {variants.local_bytes(*choice, prepared.dtype)} bytes of "
+                f"local memory; device {runtime.info.name!r} has {runtime.info.local_mem}"
+            )
         plan = variants.make_plan(*choice, g, prepared.dtype, prepared.activation, has_bias)
         return Launch(runtime, plan)
     key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias)

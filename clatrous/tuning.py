@@ -36,7 +36,16 @@ from . import variants
 from .geometry import ConvGeometry
 from .runtime import DeviceInfo, cache_dir
 
-__all__ = ["TuningResult", "choose", "class_key", "database_path", "default_config", "load_database", "tune"]
+__all__ = [
+    "TuningResult",
+    "choose",
+    "class_key",
+    "database_path",
+    "default_config",
+    "fits",
+    "load_database",
+    "tune",
+]
 
 _SCHEMA = 1
 
@@ -57,18 +66,55 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cout % v == 0)
     if info.kind != "cpu":
         return "blocked", {"VW": vw, "NV": max(1, min(2, g.cout // vw)), "PX": 2}
+    # Up to 64 output channels per work-item (tuned on W3, W4 and W6: 4
+    # vectors of 16 beat 2 of 16), with fewer pixels to keep the accumulators
+    # in registers.
+    nv = max(1, min(4, g.cout // vw, 64 // vw))
     # On a CPU, a work-item of the blocked kernel streams all its weights
     # (kh*kw*cin*VW*NV elements) from memory; past the size of a core's L2 the
-    # channel-tiled kernel, which keeps a slice of them in cache, wins.
-    nv = max(1, min(2, g.cout // vw))
+    # channel-tiled kernel, which keeps a slice of them in cache for many
+    # pixels, wins.
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
-        nb = min(-(-g.wo // 6), variants.tiled_max_blocks(6, nv, vw, itemsize))
-        return "tiled", {"VW": vw, "NV": nv, "PX": 6, "CT": 64, "NB": nb}
-    # Up to 64 output channels per work-item (tuned on W4 and W6: 4 vectors of
-    # 16 beat 2 of 16), with fewer pixels to keep the accumulators in registers.
-    nv = max(1, min(4, g.cout // vw, 64 // vw))
+        tiled = _tiled_default(info, g, vw, nv, itemsize)
+        if tiled is not None:
+            return "tiled", tiled
     return "blocked", {"VW": vw, "NV": nv, "PX": 4 if nv * vw >= 64 else 6}
+
+
+def _tiled_default(info: DeviceInfo, g: ConvGeometry, vw: int, nv: int, itemsize: int) -> dict | None:
+    """As many pixels per work-item as leave a few work-items per core.
+
+    Each work-item reads its weights once, so the more pixels it covers the
+    less weight traffic: on W3, one row per work-item was 1.4x slower than
+    half the map.  None when the device's local memory is too small for even
+    a few blocks of partial sums.
+    """
+    px = 6
+    channel_blocks = -(-g.cout // (vw * nv))
+
+    def work_items(span):
+        nb, rw = span
+        return channel_blocks * -(-g.wo // (nb * px)) * g.n * -(-g.ho // rw)
+
+    spans = [
+        (nb, rw)
+        for nb, rw in variants.tiled_spans(g, px, px * nv * vw * itemsize)
+        if rw * nb * px * nv * vw * itemsize <= info.local_mem
+    ]
+    if not spans:
+        return None
+    enough = [s for s in spans if work_items(s) >= 4 * max(1, info.compute_units)]
+    if enough:
+        nb, rw = max(enough, key=lambda s: (s[0] * s[1], s[0]))
+    else:
+        nb, rw = max(spans, key=work_items)
+    return {"VW": vw, "NV": nv, "PX": px, "CT": 64, "NB": nb, "RW": rw}
+
+
+def fits(info: DeviceInfo, variant: str, config: dict, dtype: np.dtype) -> bool:
+    """Whether the device has the resources (local memory) ``variant`` with ``config`` needs."""
+    return variants.local_bytes(variant, config, dtype) <= info.local_mem
 
 
 # ---------------------------------------------------------------- database
@@ -152,7 +198,11 @@ def choose(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dic
     entry = _database().get(info.key, {}).get(class_key(g, dtype))
     if entry is not None:
         variant, config = entry["variant"], entry["config"]
-        if variants.applicable(variant, g, config) and config in variants.search_space(variant, g, dtype):
+        if (
+            variants.applicable(variant, g, config)
+            and config in variants.search_space(variant, g, dtype)
+            and fits(info, variant, config, dtype)
+        ):
             return variant, dict(config)
     return default_config(info, g, dtype)
 
@@ -239,7 +289,7 @@ def tune(
             (variant, config)
             for variant in variants.VARIANTS
             for config in variants.search_space(variant, g, dtype)
-            if variants.applicable(variant, g, config)
+            if variants.applicable(variant, g, config) and fits(runtime.info, variant, config, dtype)
         ]
         first = default_config(runtime.info, g, dtype)
         rest = [c for c in space if c != first]

@@ -18,7 +18,16 @@ import numpy as np
 from .arguments import ACTIVATIONS
 from .geometry import ConvGeometry
 
-__all__ = ["VARIANTS", "Plan", "applicable", "make_plan", "search_space"]
+__all__ = [
+    "TILED_LOCAL_BYTES",
+    "VARIANTS",
+    "Plan",
+    "applicable",
+    "local_bytes",
+    "make_plan",
+    "search_space",
+    "tiled_spans",
+]
 
 
 @dataclass(frozen=True)
@@ -90,13 +99,12 @@ def make_plan(
         counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px), g.n * g.ho)
         scalars = (*sizes, *steps)
     elif variant == "tiled":
-        vw, nv, px, ct, nb = config["VW"], config["NV"], config["PX"], config["CT"], config["NB"]
-        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}"]
+        vw, nv, px, ct, nb, rw = (config[k] for k in ("VW", "NV", "PX", "CT", "NB", "RW"))
+        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}", f"-DRW={rw}"]
         options += [f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * g.ho)
+        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * _ceil_div(g.ho, rw))
         # One work-item per work-group: it spreads the few, long work-items
-        # over every core of a CPU, and a driver that keeps the private memory
-        # of a whole group at once (PoCL) then needs only one work-item's.
+        # over every core of a CPU.
         local = (1, 1, 1)
         scalars = (*sizes, *steps)
     elif variant == "plane":
@@ -122,14 +130,39 @@ def make_plan(
     )
 
 
-#: The most private memory a tiled work-item may keep partial sums in
-#: (a CPU driver's work-item stack is typically a few hundred KiB).
-TILED_PRIVATE_BYTES = 16 * 1024
+#: The most local memory a tiled work-item's partial sums may take in the
+#: search (RW*NB*PX*NV*VW elements): enough for a third of W3's map, small
+#: enough to stay in a core's L2 between channel tiles.
+TILED_LOCAL_BYTES = 256 * 1024
 
 
-def tiled_max_blocks(px: int, nv: int, vw: int, itemsize: int) -> int:
-    """The largest NB whose partial sums (NB*PX*NV*VW elements) fit TILED_PRIVATE_BYTES."""
-    return max(1, TILED_PRIVATE_BYTES // (px * nv * vw * itemsize))
+def local_bytes(variant: str, config: dict, dtype: np.dtype) -> int:
+    """The local memory a work-group of ``variant`` with ``config`` needs."""
+    if variant != "tiled":
+        return 0
+    blocks = config["RW"] * config["NB"] * config["PX"] * config["NV"] * config["VW"]
+    return blocks * np.dtype(dtype).itemsize
+
+
+def tiled_spans(g: ConvGeometry, px: int, block_bytes: int) -> list[tuple[int, int]]:
+    """(NB, RW) pairs worth trying: a few blocks of one row, or whole rows, one to many.
+
+    ``block_bytes`` is one block's partial sums (PX*NV*VW elements); every
+    span keeps RW*NB blocks within TILED_LOCAL_BYTES.
+    """
+    most = max(1, TILED_LOCAL_BYTES // block_bytes)  # blocks per work-item
+    row = _ceil_div(g.wo, px)
+    spans = {(min(4, row, most), 1)}
+    for rw in (1, 2, 4, 8, 16, 32):
+        nb = _even_split(row, max(1, most // rw))
+        spans.add((nb, _even_split(g.ho, min(rw, most // nb))))
+    return sorted(spans)
+
+
+def _even_split(total: int, most: int) -> int:
+    """The part size that splits ``total`` into as few parts of at most ``most`` as can be, evenly."""
+    most = max(1, most)
+    return _ceil_div(total, _ceil_div(total, most))
 
 
 #: Tunable parameters per variant; the tuner walks these.
@@ -150,15 +183,12 @@ def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
         vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
         if g.cout % vw:
             return []
-        itemsize = np.dtype(dtype).itemsize
         return [
-            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb}
+            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw}
             for nv in (1, 2, 4)
             if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
             for px in (4, 6, 8)
-            # NB: a few blocks (more, shorter work-items), or the whole row when
-            # its partial sums fit a work-item's private memory
-            for nb in sorted({2, 4, min(_ceil_div(g.wo, px), tiled_max_blocks(px, nv, vw, itemsize))})
+            for nb, rw in tiled_spans(g, px, px * nv * vw * np.dtype(dtype).itemsize)
             for ct in (32, 64, 128)
             if ct < g.cin
         ]

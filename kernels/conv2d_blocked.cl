@@ -1,6 +1,7 @@
 // conv2d_blocked.cl: dilated 2-D cross-correlation, a register block per work-item.
 // Two kernels: conv2d_blocked (one block per work-item) and conv2d_tiled
-// (NB blocks of a row per work-item, input channels in tiles; see below).
+// (NB blocks on each of RW rows per work-item, input channels in tiles; see
+// below).
 //
 // Each work-item computes PX neighbouring output pixels of one row times
 // VW*NV output channels, held in PX*NV vector accumulators.  For every tap and
@@ -38,7 +39,10 @@
 #define CT 64            // conv2d_tiled only: input channels per tile
 #endif
 #ifndef NB
-#define NB 4             // conv2d_tiled only: pixel blocks of PX per work-item
+#define NB 4             // conv2d_tiled only: pixel blocks of PX per row
+#endif
+#ifndef RW
+#define RW 4             // conv2d_tiled only: output rows per work-item
 #endif
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
@@ -154,7 +158,7 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
 // Writes the block of PX pixels from output column ox0 and VW*NV channels
 // from co0 into the output row yrow, with bias and activation; pixels past
 // WO and channels past COUT (a last, partial block) are not written.
-static inline void store_block(realv acc[PX][NV], __global REAL *restrict yrow,
+static inline void store_block(realv acc[PX][NV], __global REAL *yrow,
                                const __global REAL *restrict bias,
                                const int ox0, const int co0, const int WO, const int COUT)
 {
@@ -212,14 +216,16 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
     store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT);
 }
 
-// The channel-tiled form, for many input channels: a work-item covers NB
-// blocks of PX pixels of one output row (NB*PX pixels) and one channel block,
-// and walks the input channels CT at a time, each tile through every pixel
-// block, so that a CT-channel slice of the weights stays in the cache while
-// all NB blocks use it.  A block's sums stay in registers while it runs and
-// wait in a private array between channel tiles.
+// The channel-tiled form, for many input channels: a work-item covers one
+// channel block on RW output rows of one image, NB blocks of PX pixels on
+// each, and walks the input channels CT at a time, each tile through every
+// block, so that a CT-channel slice of the weights is read from memory once
+// per RW rows and then served from the cache to all RW*NB blocks.  A block's
+// sums stay in registers while a tile runs and wait in local memory between
+// tiles (RW*NB*PX*NV*VW elements: the launch checks the device has that much).
+// The work-group must be one work-item, which then owns that local memory.
 // NDRange: dim0 = ceil(COUT / (VW*NV)), dim1 = ceil(WO / (NB*PX)) (both may
-// be rounded up further), dim2 = N * HO exactly.
+// be rounded up further), dim2 = N * ceil(HO / RW) exactly; local (1, 1, 1).
 __kernel void conv2d_tiled(__global const REAL *restrict x,
                            __global const REAL *restrict w,
                            __global const REAL *restrict bias,
@@ -229,40 +235,49 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                            const int SH, const int SW, const int DH, const int DW,
                            const int PT, const int PL)
 {
+    __local realv partial[RW * NB][PX][NV];
     const int co0 = (int)get_global_id(0) * (VW * NV);
     const int ox_first = (int)get_global_id(1) * (NB * PX);
-    const int row = (int)get_global_id(2);          // n * HO + oy
+    const int chunks = (HO + RW - 1) / RW;          // row groups per image
+    const int group = (int)get_global_id(2);        // n * chunks + chunk
     if (co0 >= COUT || ox_first >= WO) return;
-    const int n = row / HO;
-    const int oy = row - n * HO;
+    const int n = group / chunks;
+    const int oy_first = (group - n * chunks) * RW;
+    const int rows = min(RW, HO - oy_first);
     const int blocks = min(NB, (WO - ox_first + PX - 1) / PX);
     int cov[NV];
     channel_offsets(cov, co0, COUT);
 
-    realv partial[NB][PX][NV];
-    for (int b = 0; b < blocks; ++b)
-#pragma unroll
-        for (int p = 0; p < PX; ++p)
-#pragma unroll
-            for (int v = 0; v < NV; ++v) partial[b][p][v] = (realv)0;
-
     for (int ci0 = 0; ci0 < CIN; ci0 += CT) {
         const int ci1 = min(ci0 + CT, CIN);
-        for (int b = 0; b < blocks; ++b) {
-            realv acc[PX][NV];
+        for (int r = 0; r < rows; ++r) {
+            const int oy = oy_first + r;
+            for (int b = 0; b < blocks; ++b) {
+                __local realv (*sums)[NV] = partial[r * NB + b];
+                realv acc[PX][NV];
+                if (ci0 == 0) {
 #pragma unroll
-            for (int p = 0; p < PX; ++p)
+                    for (int p = 0; p < PX; ++p)
 #pragma unroll
-                for (int v = 0; v < NV; ++v) acc[p][v] = partial[b][p][v];
-            accumulate(acc, x, w, cov, n, oy, ox_first + b * PX, ci0, ci1,
-                       H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                        for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
+                } else {
 #pragma unroll
-            for (int p = 0; p < PX; ++p)
+                    for (int p = 0; p < PX; ++p)
 #pragma unroll
-                for (int v = 0; v < NV; ++v) partial[b][p][v] = acc[p][v];
+                        for (int v = 0; v < NV; ++v) acc[p][v] = sums[p][v];
+                }
+                accumulate(acc, x, w, cov, n, oy, ox_first + b * PX, ci0, ci1,
+                           H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                if (ci1 < CIN) {
+#pragma unroll
+                    for (int p = 0; p < PX; ++p)
+#pragma unroll
+                        for (int v = 0; v < NV; ++v) sums[p][v] = acc[p][v];
+                } else {
+                    store_block(acc, y + ((long)n * HO + oy) * WO * COUT, bias,
+                                ox_first + b * PX, co0, WO, COUT);
+                }
+            }
         }
     }
-
-    for (int b = 0; b < blocks; ++b)
-        store_block(partial[b], y + (long)row * WO * COUT, bias, ox_first + b * PX, co0, WO, COUT);
 }

@@ -19,7 +19,7 @@ CHOICES = [
     ("direct", {}),
     ("blocked", {"VW": 4, "NV": 2, "PX": 4}),
     ("blocked", {"VW": 1, "NV": 1, "PX": 2}),
-    ("tiled", {"VW": 8, "NV": 1, "PX": 4, "CT": 16, "NB": 2}),
+    ("tiled", {"VW": 8, "NV": 1, "PX": 4, "CT": 16, "NB": 2, "RW": 2}),
 ]
 
 

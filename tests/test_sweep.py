@@ -3,7 +3,7 @@
 Deterministic cases chosen to reach every branch of every kernel: sizes that
 are not multiples of the tiles (partial pixel blocks, partial channel blocks
 whose loads are clamped, a last partial channel tile, a last partial row
-chunk), strides, dilations large enough that whole rows and blocks of taps
+chunk or row group), strides, dilations large enough that whole rows and blocks of taps
 fall into the padding, strides that do and do not divide the dilation, both
 dtypes, conv1d and conv2d, bias and every activation.
 
@@ -26,7 +26,10 @@ SHAPES_2D = [
     ("all-padding", (1, 5, 6, 2), (3, 3, 2, 4), 1, "same", 4, "sigmoid", True),
     ("stride-not-dividing", (1, 9, 8, 1), (3, 2, 1, 1), (2, 1), "same", (3, 2), None, True),
 ]
-SHAPES_TILED = [("tiles", (1, 5, 7, 40), (3, 3, 40, 24), 1, "same", 2, "relu", True)]
+SHAPES_TILED = [
+    ("tiles", (1, 5, 7, 40), (3, 3, 40, 24), 1, "same", 2, "relu", True),
+    ("tiles-strided", (2, 9, 7, 40), (3, 2, 40, 16), (2, 1), "same", 3, "sigmoid", False),
+]
 SHAPES_PLANE = [
     ("plane-lattice", (2, 13, 21, 1), (3, 3, 1, 1), 1, "same", 2, "sigmoid", True),
     ("plane-strided", (1, 12, 19, 1), (2, 3, 1, 1), (2, 2), 1, 3, None, False),
@@ -38,9 +41,9 @@ CASES = [
     ("blocked", {"VW": 8, "NV": 2, "PX": 6}, SHAPES_2D[:1]),
     ("blocked", {"VW": 1, "NV": 1, "PX": 2}, SHAPES_2D),
     ("blocked", {"VW": 2, "NV": 4, "PX": 1}, SHAPES_2D[1:2]),
-    ("tiled", {"VW": 8, "NV": 2, "PX": 4, "CT": 16, "NB": 2}, SHAPES_TILED),
-    ("tiled", {"VW": 8, "NV": 1, "PX": 6, "CT": 32, "NB": 2}, SHAPES_TILED),
-    ("tiled", {"VW": 8, "NV": 1, "PX": 2, "CT": 32, "NB": 4}, SHAPES_TILED),
+    ("tiled", {"VW": 8, "NV": 2, "PX": 4, "CT": 16, "NB": 2, "RW": 2}, SHAPES_TILED),
+    ("tiled", {"VW": 8, "NV": 1, "PX": 6, "CT": 32, "NB": 2, "RW": 1}, SHAPES_TILED[:1]),
+    ("tiled", {"VW": 8, "NV": 1, "PX": 2, "CT": 32, "NB": 4, "RW": 9}, SHAPES_TILED),
     ("plane", {"VW": 8, "RB": 4}, SHAPES_PLANE + SHAPES_2D[3:]),
     ("plane", {"VW": 4, "RB": 1}, SHAPES_PLANE[:1]),
 ]

@@ -1,5 +1,6 @@
 """The tuner, its per-user JSON database and the launch's use of it."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -126,17 +127,48 @@ def test_a_time_budget_stops_the_search_after_the_default(cache):
     assert result.winner[:2] == tuning.default_config(info, _geometry(), np.float32)
 
 
-def test_tiled_partial_sums_stay_small_on_long_rows():
-    # A whole 16000-pixel row of partial sums would overflow a work-item's stack.
+def test_tiled_partial_sums_stay_bounded_on_long_rows():
+    # A tiled work-item keeps its partial sums in local memory between channel
+    # tiles: a whole 16000-pixel row times many rows would not fit.
     x = np.ones((1, 1, 16000, 40), np.float32)
     g = prepare(x, np.ones((1, 2, 40, 16), np.float32), None, ndim=2, activation=None,
                 strides=1, padding="same", dilation_rate=256).geometry  # fmt: skip
     configs = variants.search_space("tiled", g, np.float32)
     assert configs
-    assert max(c["NB"] * c["PX"] * c["NV"] * c["VW"] * 4 for c in configs) <= variants.TILED_PRIVATE_BYTES
-    widest = max(configs, key=lambda c: c["NB"] * c["PX"])
+    assert max(variants.local_bytes("tiled", c, np.float32) for c in configs) <= variants.TILED_LOCAL_BYTES
+    info = runtime.get_runtime().info
+    widest = max(
+        (c for c in configs if tuning.fits(info, "tiled", c, np.float32)), key=lambda c: c["NB"] * c["PX"]
+    )
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((1, 1, 700, 40)).astype(np.float32)  # longer than the widest NB*PX
+    x = rng.standard_normal((2, 3, 700, 40)).astype(np.float32)  # longer than the widest NB*PX
     k = rng.standard_normal((1, 2, 40, 16)).astype(np.float32)
-    out = clatrous.conv2d(x, k, padding="same", dilation_rate=256, _choice=("tiled", widest))
-    assert_matches_reference(out, x, k, padding="same", dilation_rate=256)
+    for config in (widest, {**widest, "NB": 2, "RW": 2}):  # one row, and row groups with a partial last one
+        out = clatrous.conv2d(x, k, padding="same", dilation_rate=256, _choice=("tiled", config))
+        assert_matches_reference(out, x, k, padding="same", dilation_rate=256)
+
+
+def test_local_memory_decides_what_a_device_can_run():
+    info = runtime.get_runtime().info
+    x = np.ones((1, 33, 33, 2048), np.float32)
+    g = prepare(x, np.ones((3, 3, 2048, 256), np.float32), None, ndim=2, activation=None,
+                strides=1, padding="same", dilation_rate=6).geometry  # fmt: skip
+    roomy = dataclasses.replace(info, kind="cpu", local_mem=1 << 20, compute_units=2)
+    variant, config = tuning.default_config(roomy, g, np.float32)
+    assert variant == "tiled" and tuning.fits(roomy, variant, config, np.float32)
+    # A device with little local memory gets a smaller span, or the blocked kernel.
+    for local_mem in (32 * 1024, 2 * 1024):
+        small = dataclasses.replace(roomy, local_mem=local_mem)
+        variant, config = tuning.default_config(small, g, np.float32)
+        assert tuning.fits(small, variant, config, np.float32)
+        assert variants.applicable(variant, g, config)
+    assert (
+        tuning.default_config(dataclasses.replace(roomy, local_mem=2 * 1024), g, np.float32)[0] == "blocked"
+    )
+    # Forcing a configuration the device cannot hold fails before any build.
+    too_big = {"VW": 8, "NV": 1, "PX": 8, "CT": 32, "NB": 64, "RW": 1024}
+    builds = runtime.settings.build_count
+    xs = np.ones((1, 3, 5, 40), np.float32)
+    with pytest.raises(clatrous.UnsupportedDeviceError, match="local memory"):
+        clatrous.conv2d(xs, np.ones((1, 1, 40, 8), np.float32), _choice=("tiled", too_big))
+    assert runtime.settings.build_count == builds
