@@ -224,6 +224,10 @@ def _check_device(runtime: Runtime, prepared: Prepared) -> None:
 # Anything else is first copied to such memory: handing PoCL an unaligned
 # array to copy made the W6 kernel 4x slower than the copy itself.
 _ALIGN = 128
+# Arrays up to this size are simply copied to and from the device: on PoCL,
+# sharing and mapping a buffer costs about 15 us more per call than copying a
+# few kilobytes (W1, the notebook's 4x4 matrix, is all launch overhead).
+_SMALL_BYTES = 64 * 1024
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -257,10 +261,10 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool):
         buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
         cl.enqueue_copy(runtime.queue, buf, value.base_data, src_offset=value.offset, byte_count=value.nbytes)
         return buf
-    if not runtime.info.host_memory:
+    value = np.asarray(value)
+    if not runtime.info.host_memory or value.size * dtype.itemsize <= _SMALL_BYTES:
         host = np.ascontiguousarray(value, dtype=dtype)
         return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host)
-    value = np.asarray(value)
     ready = (
         value.dtype == dtype
         and value.flags.c_contiguous
@@ -314,6 +318,9 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
     on_device = is_device_array(prepared.x)
     launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
+    shared_output = (
+        not on_device and runtime.info.host_memory and int(np.prod(out_shape)) * dtype.itemsize > _SMALL_BYTES
+    )
     try:
         # A call on device arrays returns before its kernel runs: it must not
         # leave the kernel reading host memory it does not own.
@@ -324,7 +331,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
         if on_device:
             result = cl_array.empty(queue, out_shape, dtype)
             y_buf = result.base_data
-        elif runtime.info.host_memory:
+        elif shared_output:
             result = _aligned_empty(out_shape, dtype)
             y_buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result)
         else:
@@ -342,7 +349,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
             cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
         if on_device:
             return result
-        if runtime.info.host_memory:
+        if shared_output:
             # Mapping makes the device's writes visible in ``result`` (no copy
             # when the driver used the host memory in place); then unmap.
             mapped, _ = cl.enqueue_map_buffer(

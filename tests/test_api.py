@@ -69,6 +69,34 @@ def test_non_contiguous_negative_strides_and_big_endian():
         )
 
 
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_host_arrays_of_every_layout_both_sides_of_the_copy_threshold(size):
+    # Small arrays are copied to the device; large ones are shared in place
+    # when aligned, contiguous, writable and of the right dtype, and staged in
+    # aligned memory otherwise.  Every case must give the reference's answer
+    # and leave the caller's array as it was.
+    h, w = (6, 7) if size == "small" else (64, 70)  # large: 64*70*8*4 bytes > 64 KiB
+    x = RNG.standard_normal((1, h, w, 8)).astype(np.float32)
+    kernel = RNG.standard_normal((3, 3, 8, 16)).astype(np.float32)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    unaligned = np.frombuffer(np.concatenate([[0], x.ravel()]).astype(np.float32).data, np.float32, offset=4)
+    layouts = {
+        "aligned": aligned_copy(x, np.float32),
+        "unaligned": unaligned.reshape(x.shape),
+        "read-only": read_only,
+        "float64": x.astype(np.float64),
+        "strided": np.repeat(x, 2, axis=2)[:, :, ::2],
+    }
+    assert (x.nbytes > 64 * 1024) == (size == "large")
+    for name, xv in layouts.items():
+        before = np.array(xv, copy=True)
+        out = clatrous.conv2d(xv, kernel, padding="same", dilation_rate=2)
+        assert out.dtype == (np.float64 if name == "float64" else np.float32), name
+        assert_matches_reference(out, np.asarray(xv), kernel, padding="same", dilation_rate=2)
+        np.testing.assert_array_equal(np.asarray(xv), before, err_msg=name)
+
+
 def test_empty_batch_gives_empty_result():
     x, kernel, bias = _problem(n=0)
     out = clatrous.conv2d(x, kernel, bias, padding="same")
