@@ -245,6 +245,10 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
     const int oy_first = (group - n * chunks) * RW;
     const int rows = min(RW, HO - oy_first);
     const int blocks = min(NB, (WO - ox_first + PX - 1) / PX);
+    // The row's last block is moved left to end at WO when this work-item has
+    // room: instead of running past WO on the checked path, it recomputes a
+    // few of its own pixels on the interior path (its later write stands).
+    const int ox_last = max(ox_first, WO - PX);
     int cov[NV];
     channel_offsets(cov, co0, COUT);
 
@@ -266,7 +270,8 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
 #pragma unroll
                         for (int v = 0; v < NV; ++v) acc[p][v] = sums[p][v];
                 }
-                accumulate(acc, x, w, cov, n, oy, ox_first + b * PX, ci0, ci1,
+                const int ox0 = min(ox_first + b * PX, ox_last);
+                accumulate(acc, x, w, cov, n, oy, ox0, ci0, ci1,
                            H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
                 if (ci1 < CIN) {
 #pragma unroll
@@ -275,7 +280,7 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                         for (int v = 0; v < NV; ++v) sums[p][v] = acc[p][v];
                 } else {
                     store_block(acc, y + ((long)n * HO + oy) * WO * COUT, bias,
-                                ox_first + b * PX, co0, WO, COUT);
+                                ox0, co0, WO, COUT);
                 }
             }
         }
