@@ -10,6 +10,7 @@ call builds nothing and allocates only its inputs and output.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -162,14 +163,24 @@ class Launch:
     four buffers, under the lock, then enqueues.
     """
 
-    __slots__ = ("plan", "kernel", "lock")
+    __slots__ = ("plan", "kernel", "lock", "x_offset")
 
     def __init__(self, runtime: Runtime, plan: variants.Plan):
         self.plan = plan
         self.kernel = cl.Kernel(runtime.program(plan.source, plan.options), plan.kernel_name)
         for index, value in enumerate(plan.scalars, start=4):
             self.kernel.set_arg(index, value)
+        # The last argument: where x starts in its buffer, in elements.  Set
+        # again only when a call's differs from the previous call's.
+        self.x_offset = 0
+        self.kernel.set_arg(4 + len(plan.scalars), np.int32(0))
         self.lock = threading.Lock()
+
+    def set_x_offset(self, offset: int) -> None:
+        """Called with ``lock`` held."""
+        if offset != self.x_offset:
+            self.kernel.set_arg(4 + len(self.plan.scalars), np.int32(offset))
+            self.x_offset = offset
 
 
 def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None) -> Launch:
@@ -279,6 +290,38 @@ def _device_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool):
     return cl.Buffer(runtime.context, _MF.READ_ONLY | flags, hostbuf=value)
 
 
+def _input_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool):
+    """The buffer the kernel reads ``x`` from, and the element where ``x`` starts in it.
+
+    The kernels take this offset as an argument, so a device view with an
+    offset is read in place, and so is a large host array that is not
+    aligned (or not writable): the buffer then starts at the aligned address
+    just before it, in the same memory page.  Anything else goes through
+    :func:`_device_buffer`.
+    """
+    if is_device_array(value):
+        return value.base_data, value.offset // dtype.itemsize
+    value = np.asarray(value)
+    start = value.ctypes.data % _ALIGN
+    if (
+        share
+        and runtime.info.host_memory
+        and value.size * dtype.itemsize > _SMALL_BYTES
+        and value.dtype == dtype
+        and value.flags.c_contiguous
+        and (start or not value.flags.writeable)  # else _device_buffer shares it as it is
+        and start % dtype.itemsize == 0
+    ):
+        # A view of the memory from the aligned address on; only the part
+        # from ``start`` on is read, and only while the caller waits for the
+        # call, holding ``value``.
+        memory = (ctypes.c_char * (start + value.nbytes)).from_address(value.ctypes.data - start)
+        return cl.Buffer(
+            runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=memory
+        ), start // dtype.itemsize
+    return _device_buffer(runtime, value, dtype, share=share), 0
+
+
 def _execute(prepared: Prepared, device, out_shape: tuple[int, ...], choice=None):
     runtime = _runtime_for(prepared, device)
     dtype = prepared.dtype
@@ -325,7 +368,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
         # A call on device arrays returns before its kernel runs: it must not
         # leave the kernel reading host memory it does not own.
         share = not on_device
-        x_buf = _device_buffer(runtime, prepared.x, dtype, share=share)
+        x_buf, x_offset = _input_buffer(runtime, prepared.x, dtype, share=share)
         w_buf = _device_buffer(runtime, prepared.kernel, dtype, share=share)
         b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, share=share)
         if on_device:
@@ -342,6 +385,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
 
         plan, kernel = launch.plan, launch.kernel
         with launch.lock:
+            launch.set_x_offset(x_offset)
             kernel.set_arg(0, x_buf)
             kernel.set_arg(1, w_buf)
             kernel.set_arg(2, b_buf)

@@ -12,7 +12,9 @@
 // only the edge blocks take the per-pixel checked path.
 //
 // Layout (channels last, C-contiguous, element offsets):
-//   x    (N, H, W, CIN)          input
+//   x    (N, H, W, CIN)          input, from element XOFF of its buffer (a run-time
+//                                argument, the last one, so a host array can be
+//                                shared from an aligned address before it)
 //   w    (KH, KW, CIN, COUT)     weights
 //   bias (COUT) or NULL          only read when HAS_BIAS
 //   y    (N, HO, WO, COUT)       output
@@ -194,8 +196,10 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
                              const int H, const int W, const int CIN, const int COUT,
                              const int HO, const int WO,
                              const int SH, const int SW, const int DH, const int DW,
-                             const int PT, const int PL)
+                             const int PT, const int PL,
+                             const int XOFF)
 {
+    x += XOFF;                                      // where x starts in its buffer
     const int co0 = (int)get_global_id(0) * (VW * NV);
     const int ox0 = (int)get_global_id(1) * PX;
     const int row = (int)get_global_id(2);          // n * HO + oy
@@ -233,9 +237,11 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                            const int H, const int W, const int CIN, const int COUT,
                            const int HO, const int WO,
                            const int SH, const int SW, const int DH, const int DW,
-                           const int PT, const int PL)
+                           const int PT, const int PL,
+                           const int XOFF)
 {
     __local realv partial[RW * NB][PX][NV];
+    x += XOFF;                                      // where x starts in its buffer
     const int co0 = (int)get_global_id(0) * (VW * NV);
     const int ox_first = (int)get_global_id(1) * (NB * PX);
     const int chunks = (HO + RW - 1) / RW;          // row groups per image

@@ -5,7 +5,9 @@
 // launch dominates) and as the tuner's reference configuration.
 //
 // Layout (channels last, C-contiguous, element offsets):
-//   x    (N, H, W, CIN)          input
+//   x    (N, H, W, CIN)          input, from element XOFF of its buffer (a run-time
+//                                argument, the last one, so a host array can be
+//                                shared from an aligned address before it)
 //   w    (KH, KW, CIN, COUT)     weights
 //   bias (COUT) or NULL          only read when HAS_BIAS
 //   y    (N, HO, WO, COUT)       output
@@ -46,8 +48,10 @@ __kernel void conv2d_direct(__global const REAL *restrict x,
                             const int H, const int W, const int CIN, const int COUT,
                             const int HO, const int WO, const int KH, const int KW,
                             const int SH, const int SW, const int DH, const int DW,
-                            const int PT, const int PL)
+                            const int PT, const int PL,
+                            const int XOFF)
 {
+    x += XOFF;                                      // where x starts in its buffer
     const int co = (int)get_global_id(0);
     const int ox = (int)get_global_id(1);
     const int row = (int)get_global_id(2);          // n * HO + oy

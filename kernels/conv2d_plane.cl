@@ -13,7 +13,8 @@
 // passes STEP = 1 and RB = 1 when SH does not divide DH.)
 //
 // Layout (C-contiguous, element offsets):
-//   x    (N, H, W)       input (the channel axis of length 1 dropped)
+//   x    (N, H, W)       input (the channel axis of length 1 dropped), from
+//                        element XOFF of its buffer (the last argument)
 //   w    (KH, KW)        weights
 //   bias (1) or NULL     only read when HAS_BIAS
 //   y    (N, HO, WO)     output
@@ -73,8 +74,10 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                            __global REAL *restrict y,
                            const int H, const int W, const int HO, const int WO,
                            const int SH, const int SW, const int DH, const int DW,
-                           const int PT, const int PL, const int STEP, const int CHUNKS)
+                           const int PT, const int PL, const int STEP, const int CHUNKS,
+                           const int XOFF)
 {
+    x += XOFF;                                      // where x starts in its buffer
     const int ox0 = (int)get_global_id(0) * VW;
     const int g = (int)get_global_id(1);
     if (ox0 >= WO) return;
