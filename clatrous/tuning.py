@@ -235,6 +235,11 @@ def _progress(done: int, total: int, label: str, stream) -> None:
     stream.flush()
 
 
+#: A candidate whose first timed run is this many times the best so far is
+#: not timed again.
+_HOPELESS = 3.0
+
+
 def tune(
     x_shape: tuple[int, ...],
     kernel_shape: tuple[int, ...],
@@ -254,7 +259,8 @@ def tune(
 
     Every candidate is first checked against :mod:`clatrous.reference` on
     random data (a candidate that differs, or fails to build, is rejected),
-    then timed: the fastest of ``repeats`` runs on device-resident arrays.
+    then timed: the fastest of ``repeats`` runs on device-resident arrays
+    (one run only when that is already three times the best time so far).
     The winner is stored in the per-user tuning database unless ``store`` is
     False.  With ``budget_s``, the search stops after that many seconds: the
     default configuration is tried first, the others in a shuffled (but
@@ -311,7 +317,13 @@ def tune(
         if progress:
             _progress(index, len(candidates), label, stream)
         try:
-            out = fn(x_dev, k_dev, b_dev, device=None, _choice=(variant, config), **geometry_args).get()
+            conv.plan_for(runtime, prepared, (variant, config))  # builds the program, untimed
+            queue.finish()
+            start = time.perf_counter()
+            out = fn(x_dev, k_dev, b_dev, device=None, _choice=(variant, config), **geometry_args)
+            queue.finish()
+            first = time.perf_counter() - start
+            out = out.get()
         except BuildError as exc:
             rejected.append((variant, config, f"build failed: {str(exc).splitlines()[0]}"))
             continue
@@ -319,8 +331,13 @@ def tune(
         if not np.all(error <= bound):
             rejected.append((variant, config, f"differs from the reference by {np.nanmax(error):.3g}"))
             continue
-        samples = []
-        for _ in range(repeats):
+        if timings and first > _HOPELESS * min(t for _, _, t in timings):
+            # Far slower than the best so far: one run says enough, and the
+            # budget goes to candidates that may win.
+            timings.append((variant, config, float(first)))
+            continue
+        samples = [first]
+        for _ in range(repeats - 1):
             queue.finish()
             start = time.perf_counter()
             fn(x_dev, k_dev, b_dev, _choice=(variant, config), **geometry_args)

@@ -127,6 +127,25 @@ def test_a_time_budget_stops_the_search_after_the_default(cache):
     assert result.winner[:2] == tuning.default_config(info, _geometry(), np.float32)
 
 
+@pytest.mark.parametrize("hopeless, launches", [(1e9, 8), (0.0, 5)])
+def test_a_far_slower_candidate_is_timed_once(cache, monkeypatch, hopeless, launches):
+    # Each candidate runs once checked and timed, then repeats - 1 more times,
+    # unless that first run is already _HOPELESS times the best so far.
+    calls = []
+    real = conv.conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("_choice"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "conv2d", counting)
+    monkeypatch.setattr(tuning, "_HOPELESS", hopeless)
+    candidates = [("blocked", {"VW": 4, "NV": 2, "PX": 4}), ("direct", {})]
+    result = tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=4, candidates=candidates, **GEOMETRY)
+    assert len(calls) == launches
+    assert len(result.timings) == 2 and not result.rejected
+
+
 def test_tiled_partial_sums_stay_bounded_on_long_rows():
     # A tiled work-item keeps its partial sums in local memory between channel
     # tiles: a whole 16000-pixel row times many rows would not fit.
