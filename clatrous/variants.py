@@ -101,6 +101,7 @@ def make_plan(
     elif variant == "tiled":
         vw, nv, px, ct, nb, rw = (config[k] for k in ("VW", "NV", "PX", "CT", "NB", "RW"))
         options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}", f"-DRW={rw}"]
+        options += [f"-DPXT={g.wo % px}"]  # the short last block of a row
         options += [f"-DKH={g.kh}", f"-DKW={g.kw}"]
         counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * _ceil_div(g.ho, rw))
         # One work-item per work-group: it spreads the few, long work-items

@@ -46,6 +46,9 @@
 #ifndef RW
 #define RW 4             // conv2d_tiled only: output rows per work-item
 #endif
+#ifndef PXT
+#define PXT 0            // conv2d_tiled only: WO % PX, the pixels of a row's
+#endif                   // short last block, computed alone
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
 #endif
@@ -90,10 +93,16 @@ typedef CAT(REAL, VW) realv;
 #define ACTIVATE(v) (v)
 #endif
 
-// Adds to acc the taps of input channels [ci_begin, ci_end) for the PX pixels
-// starting at output column ox0 of output row oy.
-static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x,
-                              const __global REAL *restrict w, const int cov[NV],
+// Adds to acc the taps of input channels [ci_begin, ci_end) for the first
+// NPX (at most PX) pixels starting at output column ox0 of output row oy.
+// Always inlined, and called with a constant NPX, so that the tests on NPX
+// fold away and acc stays in registers (PoCL's compiler left a second call
+// site out of line, with acc in memory: 3.5x slower).  No restrict here: the
+// kernels' arguments carry it, and inlined restrict parameters produce an
+// LLVM intrinsic that Oclgrind cannot run.
+__attribute__((always_inline))
+static inline void accumulate(const int NPX, realv acc[PX][NV], const __global REAL *x,
+                              const __global REAL *w, const int cov[NV],
                               const int n, const int oy, const int ox0,
                               const int ci_begin, const int ci_end,
                               const int H, const int W, const int CIN, const int COUT,
@@ -111,8 +120,8 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
         for (int kx = 0; kx < KW; ++kx) {
             const int ix0 = ix_base + kx * DW;
             const __global REAL *wt = w + ((long)(ky * KW + kx) * CIN + ci_begin) * COUT;
-            if (ix0 >= 0 && ix0 + (PX - 1) * SW < W) {
-                // Interior: all PX pixels read real input.
+            if (ix0 >= 0 && ix0 + (NPX - 1) * SW < W) {
+                // Interior: all NPX pixels read real input.
                 const __global REAL *xp = xrow + (long)ix0 * CIN;
                 for (int ci = ci_begin; ci < ci_end; ++ci) {
                     realv wv[NV];
@@ -120,6 +129,7 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
                     for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
 #pragma unroll
                     for (int p = 0; p < PX; ++p) {
+                        if (p >= NPX) continue;     // folds away: NPX is a constant
                         const REAL xv = xp[p * xstep + ci];
 #pragma unroll
                         for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
@@ -133,7 +143,7 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
 #pragma unroll
                 for (int p = 0; p < PX; ++p) {
                     const int ix = ix0 + p * SW;
-                    inside[p] = ix >= 0 && ix < W;
+                    inside[p] = p < NPX && ix >= 0 && ix < W;
                     off[p] = inside[p] ? ix * CIN : 0;
                     any |= inside[p];
                 }
@@ -144,6 +154,7 @@ static inline void accumulate(realv acc[PX][NV], const __global REAL *restrict x
                     for (int v = 0; v < NV; ++v) wv[v] = VLOAD(wt + cov[v]);
 #pragma unroll
                     for (int p = 0; p < PX; ++p) {
+                        if (p >= NPX) continue;
                         // Selected, not multiplied by a mask: a padded tap adds an
                         // exact zero even when the row holds NaN or Inf elsewhere.
                         const REAL xv = inside[p] ? xrow[off[p] + ci] : (REAL)0;
@@ -215,7 +226,7 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
 
-    accumulate(acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+    accumulate(PX, acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 
     store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT);
 }
@@ -227,6 +238,8 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 // per RW rows and then served from the cache to all RW*NB blocks.  A block's
 // sums stay in registers while a tile runs and wait in local memory between
 // tiles (RW*NB*PX*NV*VW elements: the launch checks the device has that much).
+// A row's last block, when WO is not a multiple of PX, computes only its PXT
+// pixels (a build option, so that both block widths unroll).
 // The work-group must be one work-item, which then owns that local memory.
 // NDRange: dim0 = ceil(COUT / (VW*NV)), dim1 = ceil(WO / (NB*PX)) (both may
 // be rounded up further), dim2 = N * ceil(HO / RW) exactly; local (1, 1, 1).
@@ -251,10 +264,6 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
     const int oy_first = (group - n * chunks) * RW;
     const int rows = min(RW, HO - oy_first);
     const int blocks = min(NB, (WO - ox_first + PX - 1) / PX);
-    // The row's last block is moved left to end at WO when this work-item has
-    // room: instead of running past WO on the checked path, it recomputes a
-    // few of its own pixels on the interior path (its later write stands).
-    const int ox_last = max(ox_first, WO - PX);
     int cov[NV];
     channel_offsets(cov, co0, COUT);
 
@@ -276,9 +285,18 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
 #pragma unroll
                         for (int v = 0; v < NV; ++v) acc[p][v] = sums[p][v];
                 }
-                const int ox0 = min(ox_first + b * PX, ox_last);
-                accumulate(acc, x, w, cov, n, oy, ox0, ci0, ci1,
-                           H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                const int ox0 = ox_first + b * PX;
+                if (PXT > 0 && WO - ox0 == PXT) {
+                    // The row's last PXT pixels, short of a whole block: no
+                    // work on pixels past WO.  (With any other PXT such a
+                    // block runs whole, its extra pixels on the checked path
+                    // and never stored.)
+                    accumulate(PXT, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                               H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                } else {
+                    accumulate(PX, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                               H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+                }
                 if (ci1 < CIN) {
 #pragma unroll
                     for (int p = 0; p < PX; ++p)
