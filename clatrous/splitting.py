@@ -90,25 +90,33 @@ def plan_pieces(
         per = max(n for n in range(1, g.n + 1) if n == 1 or fits(n, g.h, g.w, g.ho, g.wo))
         return [Piece(n0, min(n0 + per, g.n)) for n0 in range(0, g.n, per)]
 
-    axis = 1 if g.ho > 1 else 2
-    total = g.ho if axis == 1 else g.wo
-
-    def band_fits(count: int) -> bool:
+    def band_fits(axis: int, count: int) -> bool:
         start, end, size = _input_range(g, axis, 0, count)
         reads = min(end - start, size)
         if axis == 1:
             return fits(1, reads, g.w, count, g.wo)
         return fits(1, g.h, reads, g.ho, count)
 
-    lo, hi = 0, total  # the largest band that fits, by bisection
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if band_fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
+    def largest_band(axis: int) -> int:
+        lo, hi = 0, g.ho if axis == 1 else g.wo  # by bisection: band_fits is monotonic
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if band_fits(axis, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    # Bands of output rows first (even a single output row may read fewer
+    # input rows than the image has, at a stride), then of columns.
+    axis = 1
+    lo = largest_band(axis)
     if lo == 0:
-        raise DeviceMemoryError(f"not even one output {'row' if axis == 1 else 'column'} fits: {sizes}")
+        axis = 2
+        lo = largest_band(axis)
+    if lo == 0:
+        raise DeviceMemoryError(f"not even one output row or column fits: {sizes}")
+    total = g.ho if axis == 1 else g.wo
 
     bands = []
     for o0 in range(0, total, lo):

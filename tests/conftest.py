@@ -13,8 +13,16 @@ from hypothesis import HealthCheck, settings
 
 from clatrous import runtime
 
+# "ci" (the default) draws the same examples on every run, so that CI's verdict
+# does not depend on luck; "thorough" explores afresh each time and more widely
+# (HYPOTHESIS_PROFILE=thorough).
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
 )
 settings.register_profile("thorough", max_examples=400, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

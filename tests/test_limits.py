@@ -88,6 +88,22 @@ def test_conv1d_is_split_along_the_signal(problem, columns):
     np.testing.assert_array_equal(split, whole)
 
 
+def test_a_single_output_row_at_a_stride_is_split_by_rows(limits):
+    # One output row (stride 2 over 2 input rows) reads only one input row, so
+    # a band of rows fits where the image does not.  Found by hypothesis: the
+    # planner used to go to columns whenever there was one output row, and
+    # failed when there was one output column too.
+    rng = np.random.default_rng(5)
+    for x_shape, k_shape, max_alloc in [((1, 2, 1, 2), (1, 1, 2, 1), 12), ((1, 2, 2, 1), (1, 1, 1, 1), 8)]:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        kernel = rng.standard_normal(k_shape).astype(np.float32)
+        whole = clatrous.conv2d(x, kernel, strides=2)
+        limits(max_alloc=max_alloc)
+        assert [(p.axis, p.o0, p.o1) for p in _pieces(x, kernel, None, strides=2)] == [(1, 0, 1)]
+        np.testing.assert_array_equal(clatrous.conv2d(x, kernel, strides=2), whole)
+        limits()
+
+
 def test_what_cannot_fit_is_a_memory_error_naming_sizes(limits):
     x = np.ones((1, 16, 16, 8), np.float32)
     kernel = np.ones((3, 3, 8, 8), np.float32)
@@ -95,10 +111,19 @@ def test_what_cannot_fit_is_a_memory_error_naming_sizes(limits):
     with pytest.raises(DeviceMemoryError, match=r"kernel alone.*\(3, 3, 8, 8\).*1000 bytes") as info:
         clatrous.conv2d(x, kernel)
     assert isinstance(info.value, MemoryError)
-    limits(max_alloc=2400)  # the kernel fits, but not the 3 input rows of one output row
-    wide = np.ones((1, 16, 200, 8), np.float32)
-    with pytest.raises(DeviceMemoryError, match="not even one output row"):
-        clatrous.conv2d(wide, kernel, padding="same")
+    # The kernel fits, but neither the 3 input rows of one output row nor the
+    # 3 input columns of one output column.
+    limits(max_alloc=2400)
+    big = np.ones((1, 200, 200, 8), np.float32)
+    with pytest.raises(DeviceMemoryError, match="not even one output row or column"):
+        clatrous.conv2d(big, kernel, padding="same")
+    # Where rows do not fit but columns do, bands of columns it is.
+    wide = np.random.default_rng(2).standard_normal((1, 16, 200, 8)).astype(np.float32)
+    limits()
+    whole = clatrous.conv2d(wide, kernel, padding="same")
+    limits(max_alloc=2400)
+    assert {p.axis for p in _pieces(wide, kernel, None, padding="same")} == {2}
+    np.testing.assert_array_equal(clatrous.conv2d(wide, kernel, padding="same"), whole)
     limits()
     assert clatrous.conv2d(x, kernel).shape == (1, 14, 14, 8)  # nothing left behind
 
