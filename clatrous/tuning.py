@@ -44,6 +44,7 @@ __all__ = [
     "default_config",
     "fits",
     "load_database",
+    "search_candidates",
     "tune",
 ]
 
@@ -76,13 +77,13 @@ def default_config(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[
     # pixels, wins.
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
-        tiled = _tiled_default(info, g, vw, nv, itemsize)
+        tiled = _tiled_default(info, g, vw, nv, dtype)
         if tiled is not None:
             return "tiled", tiled
     return "blocked", {"VW": vw, "NV": nv, "PX": 4 if nv * vw >= 64 else 6}
 
 
-def _tiled_default(info: DeviceInfo, g: ConvGeometry, vw: int, nv: int, itemsize: int) -> dict | None:
+def _tiled_default(info: DeviceInfo, g: ConvGeometry, vw: int, nv: int, dtype: np.dtype) -> dict | None:
     """As many pixels per work-item as leave a few work-items per core.
 
     Each work-item reads its weights once, so the more pixels it covers the
@@ -97,24 +98,32 @@ def _tiled_default(info: DeviceInfo, g: ConvGeometry, vw: int, nv: int, itemsize
         nb, rw = span
         return channel_blocks * -(-g.wo // (nb * px)) * g.n * -(-g.ho // rw)
 
-    spans = [
-        (nb, rw)
-        for nb, rw in variants.tiled_spans(g, px, px * nv * vw * itemsize)
-        if rw * nb * px * nv * vw * itemsize <= info.local_mem
-    ]
+    def config(span):
+        return {"VW": vw, "NV": nv, "PX": px, "CT": 64, "NB": span[0], "RW": span[1]}
+
+    block_bytes = px * nv * vw * np.dtype(dtype).itemsize
+    spans = [s for s in variants.tiled_spans(g, px, block_bytes) if fits(info, "tiled", config(s), dtype)]
     if not spans:
         return None
     enough = [s for s in spans if work_items(s) >= 4 * max(1, info.compute_units)]
     if enough:
-        nb, rw = max(enough, key=lambda s: (s[0] * s[1], s[0]))
-    else:
-        nb, rw = max(spans, key=work_items)
-    return {"VW": vw, "NV": nv, "PX": px, "CT": 64, "NB": nb, "RW": rw}
+        return config(max(enough, key=lambda s: (s[0] * s[1], s[0])))
+    return config(max(spans, key=work_items))
 
 
 def fits(info: DeviceInfo, variant: str, config: dict, dtype: np.dtype) -> bool:
     """Whether the device has the resources (local memory) ``variant`` with ``config`` needs."""
     return variants.local_bytes(variant, config, dtype) <= info.local_mem
+
+
+def search_candidates(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> list[tuple[str, dict]]:
+    """Every (variant, configuration) the tuner may try, and so pick, for ``g`` on this device."""
+    return [
+        (variant, config)
+        for variant in variants.VARIANTS
+        for config in variants.search_space(variant, g, dtype)
+        if variants.applicable(variant, g, config) and fits(info, variant, config, dtype)
+    ]
 
 
 # ---------------------------------------------------------------- database
@@ -291,12 +300,7 @@ def tune(
     bound = reference.error_bound(x, kernel, dtype, ndim=ndim, **geometry_args)
 
     if candidates is None:
-        space = [
-            (variant, config)
-            for variant in variants.VARIANTS
-            for config in variants.search_space(variant, g, dtype)
-            if variants.applicable(variant, g, config) and fits(runtime.info, variant, config, dtype)
-        ]
+        space = search_candidates(runtime.info, g, dtype)
         first = default_config(runtime.info, g, dtype)
         rest = [c for c in space if c != first]
         np.random.default_rng(0).shuffle(rest)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import reference, runtime, tuning, variants
+from clatrous import reference, runtime, tuning
 from clatrous.arguments import prepare
 
 
@@ -34,13 +34,8 @@ def test_conv1d_matches_reference(problem):
 
 
 def _choices(g, dtype):
-    """Every (variant, configuration) the tuner could pick for geometry g."""
-    return [
-        (variant, config)
-        for variant in variants.VARIANTS
-        for config in variants.search_space(variant, g, dtype)
-        if variants.applicable(variant, g, config)
-    ]
+    """Every (variant, configuration) the tuner could pick for geometry g on this device."""
+    return tuning.search_candidates(runtime.get_runtime().info, g, dtype)
 
 
 @given(conv2d_problem(), st.data())
@@ -120,10 +115,7 @@ def test_tiled_variant_over_channel_tiles(problem, data):
         g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
     except ValueError:
         return  # the shrunken image no longer fits this kernel; other examples cover it
-    info = runtime.get_runtime().info
-    configs = [
-        c for c in variants.search_space("tiled", g, x.dtype) if tuning.fits(info, "tiled", c, x.dtype)
-    ]
+    configs = [config for variant, config in _choices(g, x.dtype) if variant == "tiled"]
     config = data.draw(st.sampled_from(configs), label="config")
     out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("tiled", config))
     assert_matches_reference(out, x, kernel, bias, **kwargs)
