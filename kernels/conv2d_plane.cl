@@ -1,10 +1,15 @@
 // conv2d_plane.cl: dilated 2-D cross-correlation of one-channel images (CIN = COUT = 1).
 //
 // With a single channel there is nothing to vectorise along channels, so each
-// work-item holds VW neighbouring output pixels of a row in one vector.  At
-// stride 1 every tap is one unaligned vector load of the input row times a
-// scalar weight; at other strides, and where the block meets the padding, the
-// input is gathered element by element.  The KH*KW weights live in registers.
+// work-item holds VW neighbouring output pixels of a row in one vector.  A
+// work-item whose every tap reads real input (at stride 1) takes a path with
+// no checks at all: each tap is one unaligned vector load times a weight.
+// The others, near the padding or at other strides, check each tap: a vector
+// wholly inside a row is still one load, one wholly in the padding is
+// skipped, and only one that straddles the edge is gathered lane by lane
+// (from clamped addresses, then masked).  Keeping that rare path cheap
+// matters: with a scalar, branchy gather there, the 3% of work-items at the
+// edges of W5 took as long as all the others.
 //
 // Row blocking along the dilation lattice: output rows oy and oy + STEP, with
 // STEP = DH / SH, read the same input rows shifted by one kernel row.  A
@@ -19,10 +24,10 @@
 //   bias (1) or NULL     only read when HAS_BIAS
 //   y    (N, HO, WO)     output
 // NDRange: dim0 = ceil(WO / VW) (may be rounded up further),
-//          dim1 = N * STEP * ceil(ceil(HO / STEP) / RB) exactly.
-// Work-item (bx, g) computes y[n, oy0 + j*STEP, bx*VW : bx*VW + VW] for j < RB,
-// where n = g / (STEP * chunks), the residue r = g % STEP and the chunk
-// c = (g / STEP) % chunks give oy0 = r + c * RB * STEP.
+//          dim1 = STEP * ceil(ceil(HO / STEP) / RB), dim2 = N, both exactly.
+// Work-item (bx, g, n) computes y[n, oy0 + j*STEP, bx*VW : bx*VW + VW] for
+// j < RB, where the residue r = g % STEP and the chunk c = g / STEP give
+// oy0 = r + c * RB * STEP.
 
 #ifndef REAL
 #define REAL float       // element type: float or double
@@ -39,6 +44,12 @@
 #ifndef KW
 #define KW 3             // kernel columns
 #endif
+#ifndef SH
+#define SH 1             // row stride (compile-time, like the kernel size: the
+#endif                   // unchecked path exists only at SW = 1, and the
+#ifndef SW               // compiler drops it for other strides)
+#define SW 1             // column stride
+#endif
 #ifndef ACTIVATION
 #define ACTIVATION 0     // 0 linear, 1 relu, 2 sigmoid, 3 tanh
 #endif
@@ -53,8 +64,22 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 typedef CAT(REAL, VW) realv;
-// A vector and its elements: element-wise loads that the compiler merges into
-// one unaligned vector load (vloadn() is an out-of-line call on some drivers).
+// The integer vector select() takes with realv: as wide as REAL.
+#define REAL_IS_double 1
+#if CAT(REAL_IS_, REAL)
+#define MASK long
+#else
+#define MASK int
+#endif
+typedef MASK maskt;
+typedef CAT(MASK, VW) maskv;
+// Unaligned vector access through a pointer cast: the typedef lowers the
+// alignment to one element, so the compiler emits a plain unaligned load
+// (vloadn() is an out-of-line call on some drivers).
+typedef realv __attribute__((aligned(sizeof(REAL)))) realv_u;
+#define LOADU(p) (*(const __global realv_u *)(p))
+#define STOREU(p, v) (*(__global realv_u *)(p) = (v))
+// A vector and its elements, for the lane-by-lane paths.
 typedef union { realv v; REAL s[VW]; } lanes;
 
 #if ACTIVATION == 1
@@ -73,16 +98,15 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                            __global const REAL *restrict bias,
                            __global REAL *restrict y,
                            const int H, const int W, const int HO, const int WO,
-                           const int SH, const int SW, const int DH, const int DW,
-                           const int PT, const int PL, const int STEP, const int CHUNKS,
+                           const int DH, const int DW,
+                           const int PT, const int PL, const int STEP,
                            const int XOFF)
 {
     x += XOFF;                                      // where x starts in its buffer
     const int ox0 = (int)get_global_id(0) * VW;
-    const int g = (int)get_global_id(1);
+    const int within = (int)get_global_id(1);       // chunk * STEP + residue
+    const int n = (int)get_global_id(2);
     if (ox0 >= WO) return;
-    const int n = g / (STEP * CHUNKS);
-    const int within = g - n * (STEP * CHUNKS);
     const int chunk = within / STEP;                // quotient and remainder spelled out
     const int oy0 = (within - chunk * STEP) + chunk * RB * STEP;
     if (oy0 >= HO) return;
@@ -96,31 +120,62 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
     for (int j = 0; j < RB; ++j) acc[j] = (realv)0;
 
     const __global REAL *ximg = x + (long)n * H * W;
-    const int ix_base = ox0 * SW - PL;
+    const int iy_base = oy0 * SH - PT;              // input row of kernel row 0, output row j = 0
+    const int ix_base = ox0 * SW - PL;              // input column of kernel column 0, lane 0
     // Input row t serves output row j through kernel row ky = t - j.
+    if (SW == 1 && ix_base >= 0 && ix_base + (KW - 1) * DW + VW <= W &&
+        iy_base >= 0 && iy_base + (RB + KH - 2) * DH < H) {
+        // Every tap of every row reads real input: no checks.  (Rows past HO
+        // are computed too, from real input, and not stored.)
+        const __global REAL *xrow = ximg + (long)iy_base * W + ix_base;
 #pragma unroll
-    for (int t = 0; t < RB + KH - 1; ++t) {
-        const int iy = oy0 * SH - PT + t * DH;
-        if (iy < 0 || iy >= H) continue;            // a whole row of taps in the padding
-        const __global REAL *xrow = ximg + (long)iy * W;
+        for (int t = 0; t < RB + KH - 1; ++t) {
 #pragma unroll
-        for (int kx = 0; kx < KW; ++kx) {
-            const int ix0 = ix_base + kx * DW;
-            lanes in;
-            if (SW == 1 && ix0 >= 0 && ix0 + VW <= W) {
+            for (int kx = 0; kx < KW; ++kx) {
+                const realv in = LOADU(xrow + kx * DW);
 #pragma unroll
-                for (int i = 0; i < VW; ++i) in.s[i] = xrow[ix0 + i];
-            } else {
-#pragma unroll
-                for (int i = 0; i < VW; ++i) {
-                    const int ix = ix0 + i * SW;
-                    in.s[i] = (ix >= 0 && ix < W) ? xrow[ix] : (REAL)0;
+                for (int j = 0; j < RB; ++j) {
+                    const int ky = t - j;
+                    if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
                 }
             }
+            xrow += (long)DH * W;
+        }
+    } else {
 #pragma unroll
-            for (int j = 0; j < RB; ++j) {
-                const int ky = t - j;
-                if (ky >= 0 && ky < KH) acc[j] += wk[ky * KW + kx] * in.v;
+        for (int t = 0; t < RB + KH - 1; ++t) {
+            const int iy = iy_base + t * DH;
+            if (iy < 0 || iy >= H) continue;        // a whole row of taps in the padding
+            const __global REAL *xrow = ximg + (long)iy * W;
+#pragma unroll
+            for (int kx = 0; kx < KW; ++kx) {
+                const int ix0 = ix_base + kx * DW;
+                const int ix_last = ix0 + (VW - 1) * SW;
+                realv in;
+                if (ix_last < 0 || ix0 >= W) {
+                    continue;                       // every lane in the padding
+                } else if (SW == 1 && ix0 >= 0 && ix_last < W) {
+                    in = LOADU(xrow + ix0);
+                } else {
+                    // Straddles the edge, or strided: every lane loads from a
+                    // clamped address, and lanes in the padding are replaced
+                    // by zero (selected, not multiplied: NaN or Inf elsewhere
+                    // in the row must not leak into a padded tap).
+                    lanes u;
+                    union { maskv v; maskt s[VW]; } lane_ix;
+#pragma unroll
+                    for (int i = 0; i < VW; ++i) {
+                        const int ix = ix0 + i * SW;
+                        u.s[i] = xrow[clamp(ix, 0, W - 1)];
+                        lane_ix.s[i] = ix;
+                    }
+                    in = select(u.v, (realv)0, lane_ix.v < 0 || lane_ix.v >= W);
+                }
+#pragma unroll
+                for (int j = 0; j < RB; ++j) {
+                    const int ky = t - j;
+                    if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
+                }
             }
         }
     }
@@ -133,13 +188,13 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
 #if HAS_BIAS
         value += bias[0];
 #endif
-        lanes out;
-        out.v = ACTIVATE(value);
+        value = ACTIVATE(value);
         __global REAL *yrow = y + ((long)n * HO + oy) * WO;
         if (ox0 + VW <= WO) {
-#pragma unroll
-            for (int i = 0; i < VW; ++i) yrow[ox0 + i] = out.s[i];
+            STOREU(yrow + ox0, value);
         } else {
+            lanes out;
+            out.v = value;
             for (int i = 0; i < WO - ox0; ++i) yrow[ox0 + i] = out.s[i];
         }
     }

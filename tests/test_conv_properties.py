@@ -119,3 +119,34 @@ def test_tiled_variant_over_channel_tiles(problem, data):
     config = data.draw(st.sampled_from(configs), label="config")
     out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("tiled", config))
     assert_matches_reference(out, x, kernel, bias, **kwargs)
+
+
+@st.composite
+def one_channel_problem(draw):
+    """A one-channel image wide and tall enough that the plane variant's
+    unchecked interior path, its per-tap edge path and a short last block
+    all occur in one call."""
+    x, kernel, bias, kwargs = draw(conv2d_problem(max_channels=1))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    n = draw(st.integers(1, 2))
+    h = draw(st.integers(dh * (kh - 1) + 8, dh * (kh - 1) + 70))
+    w = draw(st.integers(dw * (kw - 1) + 8, dw * (kw - 1) + 90))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, h, w, 1)).astype(x.dtype)
+    kernel = rng.standard_normal((kh, kw, 1, 1)).astype(x.dtype)
+    bias = None if bias is None else rng.standard_normal(1).astype(x.dtype)
+    kwargs["dilation_rate"] = (dh, dw)
+    kwargs["strides"] = draw(st.sampled_from([1, 1, 1, 2, (1, 2), (2, 1), 3]))
+    return x, kernel, bias, kwargs
+
+
+@given(one_channel_problem(), st.data())
+def test_plane_variant_on_larger_images(problem, data):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+    configs = [config for variant, config in _choices(g, x.dtype) if variant == "plane"]
+    config = data.draw(st.sampled_from(configs), label="config")
+    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("plane", config))
+    assert_matches_reference(out, x, kernel, bias, **kwargs)
