@@ -113,7 +113,8 @@ def make_plan(
         # Rows STEP apart share input rows; without such a lattice, one row each.
         step, rb = (g.dh // g.sh, config.get("RB", 1)) if g.dh % g.sh == 0 else (1, 1)
         chunks = _ceil_div(_ceil_div(g.ho, step), rb)
-        options += [f"-DVW={vw}", f"-DRB={rb}", f"-DKH={g.kh}", f"-DKW={g.kw}", f"-DSH={g.sh}", f"-DSW={g.sw}"]
+        options += [f"-DVW={vw}", f"-DRB={rb}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
+        options += [f"-DSH={g.sh}", f"-DSW={g.sw}"]
         counts = (_ceil_div(g.wo, vw), step * chunks, g.n)
         scalars = (g.h, g.w, g.ho, g.wo, g.dh, g.dw, g.pad_top, g.pad_left, step)
     else:
