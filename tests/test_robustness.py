@@ -137,6 +137,30 @@ def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("config", [{"VW": 16, "RB": 4}, {"VW": 8, "RB": 2}, {"VW": 4, "RB": 8}])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_plane_edges_do_not_leak_non_finite_border_pixels(config, strides):
+    # The plane kernel's edge path loads padded lanes from the nearest border
+    # pixel and then selects zero: NaN and Inf there must reach only the
+    # outputs whose receptive field holds them.  The image is wide enough for
+    # the unchecked interior path too.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 24, 75, 1)).astype(np.float32)
+    x[0, 3, 0, 0] = np.nan
+    x[0, 11, -1, 0] = np.inf
+    x[0, -1, 40, 0] = -np.inf
+    x[0, 0, -1, 0] = np.nan
+    k = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    kwargs = dict(padding="same", dilation_rate=3, strides=strides)
+    out = clatrous.conv2d(x, k, **kwargs, _choice=("plane", config))
+    expected = reference.conv2d(x, k, **kwargs)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
+    assert np.isfinite(expected).mean() > 0.5  # most outputs stay finite
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- fuzzing
 
 ARGUMENT_NAMES = re.compile(
