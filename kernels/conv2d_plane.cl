@@ -5,9 +5,9 @@
 // work-item whose every tap reads real input (at stride 1) takes a path with
 // no checks at all: each tap is one unaligned vector load times a weight.
 // The others, near the padding or at other strides, check each tap: a vector
-// wholly inside a row is still one load, one wholly in the padding is
-// skipped, and only one that straddles the edge is gathered lane by lane
-// (from clamped addresses, then masked).  Keeping that rare path cheap
+// wholly in the padding is skipped; at stride 1 one wholly inside a row is
+// still one load; only one that straddles the edge, or a strided one, is
+// gathered lane by lane (from clamped addresses, then masked).  Keeping that rare path cheap
 // matters: with a scalar, branchy gather there, the 3% of work-items at the
 // edges of W5 took as long as all the others.
 //
