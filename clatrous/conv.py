@@ -176,11 +176,18 @@ class Launch:
         self.kernel.set_arg(4 + len(plan.scalars), np.int32(0))
         self.lock = threading.Lock()
 
-    def set_x_offset(self, offset: int) -> None:
-        """Called with ``lock`` held."""
-        if offset != self.x_offset:
-            self.kernel.set_arg(4 + len(self.plan.scalars), np.int32(offset))
-            self.x_offset = offset
+    def enqueue(self, queue: cl.CommandQueue, x_buf, x_offset: int, w_buf, b_buf, y_buf) -> cl.Event:
+        """Set the four buffers (and where x starts in its own) and enqueue the kernel."""
+        plan, kernel = self.plan, self.kernel
+        with self.lock:
+            if x_offset != self.x_offset:
+                kernel.set_arg(4 + len(plan.scalars), np.int32(x_offset))
+                self.x_offset = x_offset
+            kernel.set_arg(0, x_buf)
+            kernel.set_arg(1, w_buf)
+            kernel.set_arg(2, b_buf)
+            kernel.set_arg(3, y_buf)
+            return cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
 
 
 def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None) -> Launch:
@@ -383,14 +390,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
         if settings.poison_outputs:
             cl.enqueue_fill_buffer(queue, y_buf, np.array(np.nan, dtype), 0, result.nbytes)
 
-        plan, kernel = launch.plan, launch.kernel
-        with launch.lock:
-            launch.set_x_offset(x_offset)
-            kernel.set_arg(0, x_buf)
-            kernel.set_arg(1, w_buf)
-            kernel.set_arg(2, b_buf)
-            kernel.set_arg(3, y_buf)
-            cl.enqueue_nd_range_kernel(queue, kernel, plan.global_size, plan.local_size)
+        launch.enqueue(queue, x_buf, x_offset, w_buf, b_buf, y_buf)
         if on_device:
             return result
         if shared_output:

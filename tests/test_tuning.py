@@ -127,18 +127,19 @@ def test_a_time_budget_stops_the_search_after_the_default(cache):
     assert result.winner[:2] == tuning.default_config(info, _geometry(), np.float32)
 
 
-@pytest.mark.parametrize("hopeless, launches", [(1e9, 8), (0.0, 5)])
+@pytest.mark.parametrize("hopeless, launches", [(1e9, 12), (0.0, 9)])
 def test_a_far_slower_candidate_is_timed_once(cache, monkeypatch, hopeless, launches):
-    # Each candidate runs once checked and timed, then repeats - 1 more times,
-    # unless that first run is already _HOPELESS times the best so far.
+    # Each candidate launches once checked and once to warm up (both untimed),
+    # then is timed repeats times, unless its first timed launch is already
+    # _HOPELESS times the best so far.
     calls = []
-    real = conv.conv2d
+    real = conv.Launch.enqueue
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("_choice"))
-        return real(*args, **kwargs)
+    def counting(self, *args, **kwargs):
+        calls.append(self.plan.variant)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(conv, "conv2d", counting)
+    monkeypatch.setattr(conv.Launch, "enqueue", counting)
     monkeypatch.setattr(tuning, "_HOPELESS", hopeless)
     candidates = [("blocked", {"VW": 4, "NV": 2, "PX": 4}), ("direct", {})]
     result = tuning.tune(X_SHAPE, K_SHAPE, progress=False, repeats=4, candidates=candidates, **GEOMETRY)
