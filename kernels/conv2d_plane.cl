@@ -7,9 +7,9 @@
 // The others, near the padding or at other strides, check each tap: a vector
 // wholly in the padding is skipped; at stride 1 one wholly inside a row is
 // still one load; only one that straddles the edge, or a strided one, is
-// gathered lane by lane (from clamped addresses, then masked).  Keeping that rare path cheap
-// matters: with a scalar, branchy gather there, the 3% of work-items at the
-// edges of W5 took as long as all the others.
+// gathered lane by lane (from clamped addresses, then masked).  Keeping
+// that rare path cheap matters: with a scalar, branchy gather there, the 3%
+// of work-items at the edges of W5 took as long as all the others.
 //
 // Row blocking along the dilation lattice: output rows oy and oy + STEP, with
 // STEP = DH / SH, read the same input rows shifted by one kernel row.  A
@@ -93,6 +93,21 @@ typedef union { realv v; REAL s[VW]; } lanes;
 #define ACTIVATE(v) (v)
 #endif
 
+// Adds one loaded input vector, input row t of the work-item and kernel
+// column kx, to every output row it serves (kernel row ky = t - j).  Always
+// inlined with constant t and kx, so the tests fold away and acc stays in
+// registers.
+__attribute__((always_inline))
+static inline void add_tap(realv acc[RB], const REAL wk[KH * KW], const int t, const int kx,
+                           const realv in)
+{
+#pragma unroll
+    for (int j = 0; j < RB; ++j) {
+        const int ky = t - j;
+        if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
+    }
+}
+
 __kernel void conv2d_plane(__global const REAL *restrict x,
                            __global const REAL *restrict w,
                            __global const REAL *restrict bias,
@@ -122,7 +137,6 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
     const __global REAL *ximg = x + (long)n * H * W;
     const int iy_base = oy0 * SH - PT;              // input row of kernel row 0, output row j = 0
     const int ix_base = ox0 * SW - PL;              // input column of kernel column 0, lane 0
-    // Input row t serves output row j through kernel row ky = t - j.
     if (SW == 1 && ix_base >= 0 && ix_base + (KW - 1) * DW + VW <= W &&
         iy_base >= 0 && iy_base + (RB + KH - 2) * DH < H) {
         // Every tap of every row reads real input: no checks.  (Rows past HO
@@ -132,12 +146,7 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
         for (int t = 0; t < RB + KH - 1; ++t) {
 #pragma unroll
             for (int kx = 0; kx < KW; ++kx) {
-                const realv in = LOADU(xrow + kx * DW);
-#pragma unroll
-                for (int j = 0; j < RB; ++j) {
-                    const int ky = t - j;
-                    if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
-                }
+                add_tap(acc, wk, t, kx, LOADU(xrow + kx * DW));
             }
             xrow += (long)DH * W;
         }
@@ -171,11 +180,7 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                     }
                     in = select(u.v, (realv)0, lane_ix.v < 0 || lane_ix.v >= W);
                 }
-#pragma unroll
-                for (int j = 0; j < RB; ++j) {
-                    const int ky = t - j;
-                    if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
-                }
+                add_tap(acc, wk, t, kx, in);
             }
         }
     }
