@@ -344,18 +344,18 @@ def tune(
         # runs swing between 1 and 9 ms after the check's large temporaries.
         launch = conv.plan_for(runtime, prepared, (variant, config))
         buffers = (x_dev.base_data, x_offset, k_dev.base_data, b_dev.base_data, y_dev.base_data)
+        launch.enqueue(queue, *buffers)  # untimed: warms the caches
         samples = []
-        for _ in range(repeats + 1):  # the first, untimed, warms the caches
+        for _ in range(repeats):
             queue.finish()
             start = time.perf_counter()
             launch.enqueue(queue, *buffers)
             queue.finish()
             samples.append(time.perf_counter() - start)
-            if len(samples) == 2 and timings and samples[1] > _HOPELESS * min(t for _, _, t in timings):
+            if timings and samples[0] > _HOPELESS * min(t for _, _, t in timings):
                 # Far slower than the best so far: one run says enough, and
                 # the budget goes to candidates that may win.
                 break
-        samples = samples[1:]
         # The fastest run: interference from other work on the machine only adds time.
         timings.append((variant, config, float(min(samples))))
     if progress:
