@@ -109,34 +109,45 @@ def _cast_weights(value, name: str, dtype: np.dtype, shape: tuple[int, ...]):
 
 # Validated geometry per call signature: a repeated call skips the checks
 # that depend only on shapes, dtypes and the geometry arguments.  The key uses
-# repr() so that, say, strides=True is never mistaken for strides=1.
+# repr() so that, say, strides=True is never mistaken for strides=1, and tells
+# host arrays from device Arrays, which are checked differently.
 _signatures: dict[tuple, tuple[ConvGeometry, np.dtype, str, bool]] = {}
 _MAX_SIGNATURES = 1024
 
 
+def _signature(value):
+    """(on the device?, shape, dtype) of an ndarray or device Array; None for anything else."""
+    if type(value) is np.ndarray:
+        return False, value.shape, value.dtype.str
+    if is_device_array(value):
+        return True, tuple(value.shape), value.dtype.str
+    return None
+
+
 def prepare(x, kernel, bias, *, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
     """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``)."""
-    if type(x) is np.ndarray and type(kernel) is np.ndarray and (bias is None or type(bias) is np.ndarray):
-        key = (
-            ndim, x.shape, x.dtype.str, kernel.shape, kernel.dtype.str,
-            None if bias is None else (bias.shape, bias.dtype.str),
-            repr(strides), repr(padding), repr(dilation_rate), repr(activation),
-        )  # fmt: skip
-        known = _signatures.get(key)
-        if known is None:
-            prepared = _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
-            if len(_signatures) < _MAX_SIGNATURES:
-                _signatures[key] = (prepared.geometry, prepared.dtype, prepared.activation, prepared.squeeze)
-            return prepared
-        geometry, dtype, activation, squeeze = known
-        if squeeze:
-            x = x.reshape((1, *x.shape, 1))
-            kernel = kernel.reshape((*kernel.shape, 1, 1))
+    x_sig, k_sig = _signature(x), _signature(kernel)
+    b_sig = () if bias is None else _signature(bias)
+    if x_sig is None or k_sig is None or b_sig is None:
+        return _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+    key = (ndim, x_sig, k_sig, b_sig, repr(strides), repr(padding), repr(dilation_rate), repr(activation))
+    known = _signatures.get(key)
+    if known is None:
+        prepared = _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+        if len(_signatures) < _MAX_SIGNATURES:
+            _signatures[key] = (prepared.geometry, prepared.dtype, prepared.activation, prepared.squeeze)
+        return prepared
+    # The same shapes, dtypes and arguments passed every check before: only
+    # what _prepare does to host arrays is left (device ones pass as they are).
+    geometry, dtype, activation, squeeze = known
+    if squeeze:  # host arrays only: the shorthand refuses device ones
+        x = x.reshape((1, *x.shape, 1))
+        kernel = kernel.reshape((*kernel.shape, 1, 1))
+    if not k_sig[0]:
         kernel = np.ascontiguousarray(kernel, dtype=dtype)
-        if bias is not None:
-            bias = np.ascontiguousarray(bias, dtype=dtype)
-        return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)
-    return _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+    if bias is not None and not b_sig[0]:
+        bias = np.ascontiguousarray(bias, dtype=dtype)
+    return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)
 
 
 def _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
