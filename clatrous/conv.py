@@ -11,6 +11,7 @@ call builds nothing and allocates only its inputs and output.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 
 import numpy as np
@@ -160,10 +161,12 @@ class Launch:
 
     Setting a scalar kernel argument costs microseconds on some drivers, so
     each plan keeps a kernel whose scalars never change; a call sets only the
-    four buffers, under the lock, then enqueues.
+    four buffers, under the lock, then enqueues.  For small results on the
+    device it also keeps an array to make the next result like (see
+    :meth:`device_result`).
     """
 
-    __slots__ = ("plan", "kernel", "lock", "x_offset")
+    __slots__ = ("plan", "kernel", "lock", "x_offset", "result_like")
 
     def __init__(self, runtime: Runtime, plan: variants.Plan):
         self.plan = plan
@@ -175,6 +178,23 @@ class Launch:
         self.x_offset = 0
         self.kernel.set_arg(4 + len(plan.scalars), np.int32(0))
         self.lock = threading.Lock()
+        self.result_like = None
+
+    def device_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
+        """A new device Array for a result.
+
+        PyOpenCL's ``empty`` spends about 9 us checking the shape, while
+        ``empty_like`` of a kept array of that shape takes about 1 us: a tenth
+        of a small call's time (W1).  Only a small result keeps such a
+        template, so a plan holds at most ``_SMALL_BYTES`` of device memory.
+        """
+        like = self.result_like
+        if like is not None and like.queue is queue and like.shape == shape and like.dtype == dtype:
+            return cl_array.empty_like(like)
+        result = cl_array.empty(queue, shape, dtype)
+        if result.nbytes <= _SMALL_BYTES:
+            self.result_like = cl_array.empty(queue, shape, dtype)
+        return result
 
     def enqueue(self, queue: cl.CommandQueue, x_buf, x_offset: int, w_buf, b_buf, y_buf) -> cl.Event:
         """Set the four buffers (and where x starts in its own) and enqueue the kernel."""
@@ -249,7 +269,7 @@ _SMALL_BYTES = 64 * 1024
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + _ALIGN, np.uint8)
     start = -raw.ctypes.data % _ALIGN
     return raw[start : start + nbytes].view(dtype).reshape(shape)
@@ -309,23 +329,22 @@ def _input_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool):
     if is_device_array(value):
         return value.base_data, value.offset // dtype.itemsize
     value = np.asarray(value)
-    start = value.ctypes.data % _ALIGN
     if (
         share
         and runtime.info.host_memory
         and value.size * dtype.itemsize > _SMALL_BYTES
         and value.dtype == dtype
         and value.flags.c_contiguous
-        and (start or not value.flags.writeable)  # else _device_buffer shares it as it is
-        and start % dtype.itemsize == 0
     ):
-        # A view of the memory from the aligned address on; only the part
-        # from ``start`` on is read, and only while the caller waits for the
-        # call, holding ``value``.
-        memory = (ctypes.c_char * (start + value.nbytes)).from_address(value.ctypes.data - start)
-        return cl.Buffer(
-            runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=memory
-        ), start // dtype.itemsize
+        start = value.ctypes.data % _ALIGN
+        if (start or not value.flags.writeable) and start % dtype.itemsize == 0:
+            # (An aligned, writable array is shared as it is by _device_buffer.)
+            # A view of the memory from the aligned address on; only the part
+            # from ``start`` on is read, and only while the caller waits for
+            # the call, holding ``value``.
+            memory = (ctypes.c_char * (start + value.nbytes)).from_address(value.ctypes.data - start)
+            buf = cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=memory)
+            return buf, start // dtype.itemsize
     return _device_buffer(runtime, value, dtype, share=share), 0
 
 
@@ -369,7 +388,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
     launch = plan_for(runtime, prepared, choice)
     queue = runtime.queue
     shared_output = (
-        not on_device and runtime.info.host_memory and int(np.prod(out_shape)) * dtype.itemsize > _SMALL_BYTES
+        not on_device and runtime.info.host_memory and math.prod(out_shape) * dtype.itemsize > _SMALL_BYTES
     )
     try:
         # A call on device arrays returns before its kernel runs: it must not
@@ -379,7 +398,7 @@ def _launch(runtime: Runtime, prepared: Prepared, out_shape: tuple[int, ...], ch
         w_buf = _device_buffer(runtime, prepared.kernel, dtype, share=share)
         b_buf = None if prepared.bias is None else _device_buffer(runtime, prepared.bias, dtype, share=share)
         if on_device:
-            result = cl_array.empty(queue, out_shape, dtype)
+            result = launch.device_result(queue, out_shape, dtype)
             y_buf = result.base_data
         elif shared_output:
             result = _aligned_empty(out_shape, dtype)

@@ -3,6 +3,7 @@
 import gc
 
 import numpy as np
+import pyopencl as cl
 import pyopencl.array as cl_array
 import pytest
 from helpers import assert_matches_reference, skip_without_fp64
@@ -172,6 +173,42 @@ def test_device_array_in_gives_array_out_on_the_same_queue():
         dilation_rate=2,
     )
     np.testing.assert_array_equal(out2.get(), out.get())
+
+
+def test_small_device_results_are_new_arrays_on_the_callers_queue():
+    # A small result is made like an array the launch keeps (PyOpenCL's
+    # empty_like is cheaper than empty); every call must still get memory of
+    # its own, on the queue of its x.
+    rt = runtime.get_runtime()
+    other = cl.CommandQueue(rt.context, rt.device)
+    _, kernel, bias = _problem()
+    calls = []
+    for queue in (rt.queue, rt.queue, other, rt.queue, other):
+        x = RNG.standard_normal((2, 9, 11, 3)).astype(np.float32)
+        out = clatrous.conv2d(cl_array.to_device(queue, x), kernel, bias, dilation_rate=2)
+        assert out.queue is queue
+        calls.append((x, out))
+    assert len({out.base_data.int_ptr for _, out in calls}) == len(calls)
+    for x, out in calls:
+        assert_matches_reference(out.get(), x, kernel, bias, dilation_rate=2)
+
+
+def test_device_arguments_are_checked_on_every_call():
+    # Repeated calls skip the shape checks they passed before; what is checked
+    # per call (contiguity, dtype, context) must still be.
+    queue = runtime.get_runtime().queue
+    x, kernel, _ = _problem(w=8)
+    x_dev, k_dev = cl_array.to_device(queue, x), cl_array.to_device(queue, kernel)
+    wide = cl_array.to_device(queue, np.repeat(x, 2, axis=2))[:, :, ::2]
+    assert wide.shape == x.shape and not wide.flags.c_contiguous
+    for _ in range(2):
+        assert_matches_reference(clatrous.conv2d(x_dev, k_dev).get(), x, kernel)
+        with pytest.raises(ValueError, match="x on the device must be C-contiguous"):
+            clatrous.conv2d(wide, k_dev)
+        with pytest.raises(TypeError, match="kernel on the device must have dtype float32"):
+            clatrous.conv2d(x_dev, cl_array.to_device(queue, kernel.astype(np.float64)))
+        with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+            clatrous.conv2d(x_dev, k_dev, cl_array.to_device(queue, np.ones(3, np.float32)))
 
 
 def test_device_array_call_does_not_share_the_callers_host_arrays():
