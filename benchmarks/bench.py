@@ -10,7 +10,9 @@ two ceilings: a large buffer copy (the floor of a memory-bound workload) and
 the best GFLOP/s any clatrous row reached.
 
 Peers, each when installed (``pip install ".[bench]"``): PyTorch (oneDNN on a
-CPU), tinygrad on OpenCL, CLBlast's convgemm (the C library through ctypes:
+CPU; where CUDA is available, also on the GPU, waited for with
+torch.cuda.synchronize, with a column of clatrous's device-array time over
+it), tinygrad on OpenCL, CLBlast's convgemm (the C library through ctypes:
 Debian's libclblast-dev, or CLBLAST_LIBRARY=path), the naive
 one-output-per-work-item kernel (clatrous's ``direct`` variant), and the NumPy
 reference on the small workloads (timed after the others, not interleaved).
@@ -161,35 +163,55 @@ def _explicit_pads(wl):
     return (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right)
 
 
-def pytorch(wl, rt):
+def _pytorch_on(wl, device: str):
+    """PyTorch's conv on ``device`` ("cpu": oneDNN; "cuda": cuDNN), tensors made before timing."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return None
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        torch.backends.cudnn.benchmark = True  # its fastest algorithm, picked on the warm-up call
     a = wl.arrays
     (pt, pb), (pl, pr) = _explicit_pads(wl)
-    b = torch.from_numpy(a["b"])
+    b = torch.from_numpy(a["b"]).to(device)
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if wl.kind == "conv1d":
-        x = torch.from_numpy(a["x"].transpose(0, 2, 1).copy())  # N, C, L
-        k = torch.from_numpy(a["k"].transpose(2, 1, 0).copy())  # O, I, k
+        x = torch.from_numpy(a["x"].transpose(0, 2, 1).copy()).to(device)  # N, C, L
+        k = torch.from_numpy(a["k"].transpose(2, 1, 0).copy()).to(device)  # O, I, k
 
         def call():
             with torch.no_grad():
-                return F.conv1d(F.pad(x, (pl, pr)), k, b, stride=wl.s, dilation=wl.d)
+                out = F.conv1d(F.pad(x, (pl, pr)), k, b, stride=wl.s, dilation=wl.d)
+            wait()
+            return out
 
         return call
-    x = torch.from_numpy(a["x"].transpose(0, 3, 1, 2).copy())  # N, C, H, W
-    k = torch.from_numpy(a["k"].transpose(3, 2, 0, 1).copy())  # O, I, kh, kw
+    x = torch.from_numpy(a["x"].transpose(0, 3, 1, 2).copy()).to(device)  # N, C, H, W
+    k = torch.from_numpy(a["k"].transpose(3, 2, 0, 1).copy()).to(device)  # O, I, kh, kw
     symmetric = pt == pb and pl == pr
 
     def call():
         with torch.no_grad():
             if symmetric:
-                return F.conv2d(x, k, b, stride=wl.s, padding=(pt, pl), dilation=wl.d)
-            return F.conv2d(F.pad(x, (pl, pr, pt, pb)), k, b, stride=wl.s, dilation=wl.d)
+                out = F.conv2d(x, k, b, stride=wl.s, padding=(pt, pl), dilation=wl.d)
+            else:
+                out = F.conv2d(F.pad(x, (pl, pr, pt, pb)), k, b, stride=wl.s, dilation=wl.d)
+        wait()
+        return out
 
     return call
+
+
+def pytorch(wl, rt):
+    return _pytorch_on(wl, "cpu")
+
+
+def pytorch_cuda(wl, rt):
+    """On a machine with an NVIDIA GPU: the peer for clatrous on that GPU's OpenCL driver."""
+    return _pytorch_on(wl, "cuda")
 
 
 def tinygrad(wl, rt):
@@ -287,6 +309,7 @@ PEERS = {
     "clatrous": clatrous_host,
     "clatrous (device arrays)": clatrous_device,
     "PyTorch": pytorch,
+    "PyTorch (CUDA)": pytorch_cuda,
     "tinygrad (CL)": tinygrad,
     "CLBlast convgemm": clblast,
     "naive kernel": clatrous_direct,
@@ -490,7 +513,10 @@ def main(argv=None) -> int:
 
 def render(rows, peers, bandwidth, best) -> str:
     names = [p for p in peers if any(p in m for _, _, m, _ in rows)]
+    cuda = "PyTorch (CUDA)" in names  # on a GPU: device-resident clatrous against cuDNN
     head = ["workload", "GFLOP", *[f"{n} ms" for n in names], "clatrous GFLOP/s", "clatrous / PyTorch"]
+    if cuda:
+        head.append("clatrous (device arrays) / PyTorch (CUDA)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for wl, g, m, _floor in rows:
         cells = [f"{wl.name}", f"{g.flops / 1e9:.3g}"]
@@ -500,6 +526,9 @@ def render(rows, peers, bandwidth, best) -> str:
         cells.append(f"{g.flops / main_t / 1e9:.1f}" if main_t else "-")
         torch_t = m.get("PyTorch")
         cells.append(f"{main_t / torch_t:.2f}x" if main_t and torch_t else "-")
+        if cuda:
+            device_t, cuda_t = m.get("clatrous (device arrays)"), m.get("PyTorch (CUDA)")
+            cells.append(f"{device_t / cuda_t:.2f}x" if device_t and cuda_t else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
