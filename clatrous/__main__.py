@@ -99,7 +99,13 @@ def _tune(args) -> int:
             return 2
         print(f"tuning {text} on {info.name}")
         result = tuning.tune(
-            x_shape, kernel_shape, dtype=dtype, repeats=args.repeats, budget_s=args.budget or None, **geometry
+            x_shape,
+            kernel_shape,
+            dtype=dtype,
+            repeats=args.repeats,
+            budget_s=args.budget or None,
+            progress=sys.stderr.isatty(),  # a bar redrawn with \r is noise in a log file
+            **geometry,
         )
         for variant, config, seconds in result.timings[: args.top]:
             print(f"  {seconds * 1e3:9.3f} ms  {variant} {config}")
