@@ -211,26 +211,24 @@ class Launch:
 
 
 def plan_for(runtime: Runtime, prepared: Prepared, choice: tuple[str, dict] | None = None) -> Launch:
-    """The launch for this runtime and call.
+    """The launch for this runtime and call, cached for the process.
 
-    ``choice`` forces a (variant, configuration), as the tuner and the tests
-    do; otherwise :func:`clatrous.tuning.choose` decides and the launch is
-    cached for the process.
+    ``choice`` forces a (variant, configuration), as the tuner, the tests and
+    the benchmark's naive-kernel row do; otherwise
+    :func:`clatrous.tuning.choose` decides.
     """
     g = prepared.geometry
     has_bias = prepared.bias is not None
-    if choice is not None:
-        if not tuning.fits(runtime.info, *choice, prepared.dtype):
-            raise UnsupportedDeviceError(
-                f"{choice[0]} {choice[1]} needs {variants.local_bytes(*choice, prepared.dtype)} bytes of "
-                f"local memory; device {runtime.info.name!r} has {runtime.info.local_mem}"
-            )
-        plan = variants.make_plan(*choice, g, prepared.dtype, prepared.activation, has_bias)
-        return Launch(runtime, plan)
-    key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias)
+    if choice is not None and not tuning.fits(runtime.info, *choice, prepared.dtype):
+        raise UnsupportedDeviceError(
+            f"{choice[0]} {choice[1]} needs {variants.local_bytes(*choice, prepared.dtype)} bytes of "
+            f"local memory; device {runtime.info.name!r} has {runtime.info.local_mem}"
+        )
+    forced = None if choice is None else (choice[0], tuple(sorted(choice[1].items())))
+    key = (runtime.queue.int_ptr, g, prepared.dtype, prepared.activation, has_bias, forced)
     launch = _launches.get(key)
     if launch is None:
-        variant, config = tuning.choose(runtime.info, g, prepared.dtype)
+        variant, config = choice if choice is not None else tuning.choose(runtime.info, g, prepared.dtype)
         plan = variants.make_plan(variant, config, g, prepared.dtype, prepared.activation, has_bias)
         launch = Launch(runtime, plan)
         with _launches_lock:

@@ -192,3 +192,22 @@ def test_local_memory_decides_what_a_device_can_run():
     with pytest.raises(clatrous.UnsupportedDeviceError, match="local memory"):
         clatrous.conv2d(xs, np.ones((1, 1, 40, 8), np.float32), _choice=("tiled", too_big))
     assert runtime.settings.build_count == builds
+
+
+def test_forced_choices_are_cached_per_configuration(cache):
+    # The tuner times each candidate through plan_for: a key that ignored the
+    # configuration would time one kernel under every candidate's name.
+    rt = runtime.get_runtime()
+    x = np.ones(X_SHAPE, np.float32)
+    prepared = prepare(x, np.ones(K_SHAPE, np.float32), None, ndim=2, activation=None, strides=1, **GEOMETRY)
+    wide, narrow = {"VW": 8, "NV": 1, "PX": 2}, {"VW": 4, "NV": 1, "PX": 2}
+    first = conv.plan_for(rt, prepared, ("blocked", wide))
+    # The same configuration with its keys in another order: the same launch.
+    assert conv.plan_for(rt, prepared, ("blocked", {"PX": 2, "NV": 1, "VW": 8})) is first
+    other = conv.plan_for(rt, prepared, ("blocked", narrow))
+    assert other is not first
+    assert dict(first.plan.config) == wide and dict(other.plan.config) == narrow
+    default = conv.plan_for(rt, prepared)
+    assert (default.plan.variant, dict(default.plan.config)) == tuning.choose(
+        rt.info, prepared.geometry, np.float32
+    )
