@@ -13,7 +13,8 @@
 #   pytest.txt         the test suite on the GPU
 #   tune.txt           the tuner on W3-d6, W4 and W6, and cache/tuning.json it wrote
 #   bench-tuned.md     bench.py on those three again, using what the tuner stored
-# Each step has its own time limit, so a slow one cannot starve the rest.
+# Each step has its own time limit, so a slow one cannot starve the rest; the
+# limits add up to 565 s, inside the device tool's 600 s per call.
 set -u
 out=${OUT:-gpu-out}
 mkdir -p "$out"
@@ -29,11 +30,11 @@ step() {  # step SECONDS LOGFILE COMMAND...: run, keep the output, say how it en
     tail -n 25 "$log"
 }
 
-step 60 "$out/devices.txt" "$python" -m clatrous devices
-step 150 "$out/bench-defaults.log" "$python" benchmarks/bench.py --rounds 8 --budget 8 \
+step 45 "$out/devices.txt" "$python" -m clatrous devices
+step 140 "$out/bench-defaults.log" "$python" benchmarks/bench.py --rounds 8 --budget 8 \
     --record "$out/bench-defaults.md" --label "GPU, defaults (no tuning)"
-step 200 "$out/pytest.txt" "$python" -m pytest -q -x -p no:cacheprovider tests
-step 150 "$out/tune.txt" "$python" -m clatrous tune --budget 40 \
+step 150 "$out/pytest.txt" "$python" -m pytest -q -x -p no:cacheprovider tests
+step 140 "$out/tune.txt" "$python" -m clatrous tune --budget 40 \
     conv2d:n=1,h=33,w=33,cin=2048,cout=256,k=3,d=6,padding=same \
     conv2d:n=8,h=64,w=64,cin=64,cout=64,k=3,d=2,padding=same \
     conv1d:n=4,w=16000,cin=64,cout=64,k=2,d=256,padding=causal
