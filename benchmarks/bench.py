@@ -479,7 +479,7 @@ def main(argv=None) -> int:
         # own, after the others, because for a few hundred milliseconds after
         # its BLAS calls the other peers ran up to 2x slower (clatrous on W6:
         # 4.2-5.7 ms interleaved with it, 2.5-2.6 ms without it).
-        oracle = {name: calls.pop(name) for name in list(calls) if name == "NumPy reference"}
+        oracle = {name: calls.pop(name) for name in ["NumPy reference"] if name in calls}
         times = measure(calls, args.rounds, args.budget, args.block)
         times.update(measure(oracle, args.rounds, args.budget, args.block))
         medians = {name: statistics.median(t) for name, t in times.items()}
