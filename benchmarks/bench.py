@@ -22,6 +22,7 @@ Every clatrous result is checked against the reference before it is timed.
     python benchmarks/bench.py --only W4,W6 --rounds 20
     python benchmarks/bench.py --workload "mine:conv2d:n=2,h=128,w=128,cin=32,cout=64,k=3,d=4,padding=same"
     python benchmarks/bench.py --record benchmarks/RESULTS.md
+    git worktree add /tmp/before 3e908c2 && python benchmarks/bench.py --before /tmp/before
 
 Set CLATROUS_DEVICE (or --device) to choose the OpenCL device.
 """
@@ -42,7 +43,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 import clatrous
-from clatrous import reference, runtime
+from clatrous import params, reference, runtime
 from clatrous.geometry import conv_geometry
 
 
@@ -147,7 +148,64 @@ def clatrous_device(wl, rt):
 def clatrous_direct(wl, rt):
     a = wl.arrays
     fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
-    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, _choice=("direct", {}), **wl.kwargs)
+
+    def call():
+        with params.forced("direct", {}):
+            return fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
+
+    return call
+
+
+#: An earlier clatrous (``--before DIR``), imported under another name, so
+#: that a change is measured against what it replaced in one run.
+BEFORE = None
+
+
+def load_before(path: str):
+    """Import the clatrous of the checkout at ``path`` as the package ``clatrous_before``.
+
+    Its package and kernels are copied into a scratch folder as
+    ``clatrous_before/`` with ``clatrous_before/kernels/``, and its lookup of
+    the packaged kernels is pointed there, so it builds its own sources.
+    """
+    import importlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="clatrous-before-"))
+    package = root / "clatrous_before"
+    shutil.copytree(Path(path) / "clatrous", package)
+    shutil.copytree(Path(path) / "kernels", package / "kernels")
+    (package / "kernels" / "__init__.py").write_text("")
+    for source in package.glob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        source.write_text(text.replace('"clatrous.kernels"', '"clatrous_before.kernels"'), encoding="utf-8")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("clatrous_before")
+
+
+def before_host(wl, rt):
+    if BEFORE is None:
+        return None
+    a = wl.arrays
+    fn = BEFORE.conv1d if wl.kind == "conv1d" else BEFORE.conv2d
+    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
+
+
+def before_device(wl, rt):
+    if BEFORE is None:
+        return None
+    a = wl.arrays
+    fn = BEFORE.conv1d if wl.kind == "conv1d" else BEFORE.conv2d
+    x, k, b = (cl_array.to_device(rt.queue, a[name]) for name in ("x", "k", "b"))
+
+    def call():
+        out = fn(x, k, b, **wl.kwargs)
+        rt.queue.finish()
+        return out
+
+    return call
 
 
 def numpy_reference(wl, rt):
@@ -313,6 +371,8 @@ PEERS = {
     "tinygrad (CL)": tinygrad,
     "CLBlast convgemm": clblast,
     "naive kernel": clatrous_direct,
+    "before": before_host,
+    "before (device arrays)": before_device,
     "NumPy reference": numpy_reference,
 }
 
@@ -441,6 +501,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", help="comma-separated peer names to run (default: all installed)")
     parser.add_argument("--record", help="append the table, with machine and versions, to this Markdown file")
     parser.add_argument("--label", default="", help="a title for the recorded run (e.g. 'defaults', 'tuned')")
+    parser.add_argument(
+        "--before", help="a checkout of an earlier clatrous (a git worktree) to time beside this one"
+    )
     args = parser.parse_args(argv)
 
     device = runtime.find_device(args.device) if args.device else None
@@ -451,14 +514,16 @@ def main(argv=None) -> int:
         workloads = [w for w in workloads if w.name in wanted]
     peers = {k: v for k, v in PEERS.items() if not args.peers or k in args.peers.split(",")}
 
-    from clatrous import tuning
+    global BEFORE
+    if args.before:
+        BEFORE = load_before(args.before)
 
-    tuned = tuning.load_database().get(rt.info.key, {})
+    tuned = params.load_database().get(rt.info.key, {})
     header = (
         f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
         f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}\n"
         f"versions: Python {platform.python_version()}, {versions()}\n"
-        f"tuning database: {len(tuned)} entries for this device in {tuning.database_path()}"
+        f"tuning database: {len(tuned)} entries for this device in {params.database_path()}"
     )
     print(header)
     bandwidth = copy_bandwidth(rt)

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from . import runtime, tuning
+from . import params, runtime, tuner
 
 _SHAPE_KEYS = {"n": 1, "h": 1, "w": 1, "cin": 1, "cout": 1, "k": 3, "kh": 0, "kw": 0, "s": 1, "d": 1}
 
@@ -84,13 +84,14 @@ def _devices(_args) -> int:
 def _tune(args) -> int:
     info = runtime.get_runtime().info
     if args.show:
-        entries = tuning.load_database().get(info.key, {})
-        print(f"{tuning.database_path()} for {info.key}:")
+        entries = params.load_database().get(info.key, {})
+        print(f"{params.database_path()} for {info.key}:")
         print(json.dumps(entries, indent=1, sort_keys=True) if entries else "  (nothing tuned yet)")
         return 0
     if not args.shapes:
         print("give at least one shape, e.g. conv2d:n=1,h=64,w=64,cin=32,cout=32,k=3,d=2", file=sys.stderr)
         return 2
+    status = 0
     for text in args.shapes:
         try:
             _kind, x_shape, kernel_shape, geometry, dtype = parse_shape(text)
@@ -98,23 +99,32 @@ def _tune(args) -> int:
             print(exc, file=sys.stderr)
             return 2
         print(f"tuning {text} on {info.name}")
-        result = tuning.tune(
-            x_shape,
-            kernel_shape,
-            dtype=dtype,
-            repeats=args.repeats,
-            budget_s=args.budget or None,
-            progress=sys.stderr.isatty(),  # a bar redrawn with \r is noise in a log file
-            **geometry,
-        )
+        try:
+            result = tuner.tune(
+                x_shape,
+                kernel_shape,
+                dtype=dtype,
+                repeats=args.repeats,
+                budget_s=args.budget or None,
+                progress=sys.stderr.isatty(),  # a bar redrawn with \r is noise in a log file
+                **geometry,
+            )
+        except (ValueError, TypeError) as exc:
+            print(f"  {text}: {exc}", file=sys.stderr)
+            return 2
         for variant, config, seconds in result.timings[: args.top]:
             print(f"  {seconds * 1e3:9.3f} ms  {variant} {config}")
         for variant, config, reason in result.rejected:
             print(f"  rejected  {variant} {config}: {reason}")
         if result.untried:
             print(f"  {result.untried} configurations not tried: the {args.budget:g} s budget ran out")
-        print(f"  stored {result.winner[0]} {result.winner[1]} for '{result.key}' in {result.path}")
-    return 0
+        if result.store_error:
+            print(f"  NOT stored: {result.store_error}", file=sys.stderr)
+            print(f"  the winner for '{result.key}': {result.winner[0]} {json.dumps(result.winner[1])}")
+            status = 1
+        else:
+            print(f"  stored {result.winner[0]} {result.winner[1]} for '{result.key}' in {result.path}")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,9 @@ import numbers
 import numpy as np
 
 from .arguments import is_device_array, normalize_activation
-from .conv import aligned_copy, conv2d
+from .conv import conv2d
 from .geometry import normalize_padding, normalize_tuple, output_length, same_padding
+from .staging import aligned_copy
 
 __all__ = ["Conv2D"]
 

@@ -4,9 +4,14 @@ Every device kernel, variant and tuned configuration is tested against these
 functions.  They are public so that users can verify results too.
 
 The computation loops over the kernel taps (a few dozen at most) and, for
-each, multiplies a strided view of the padded input by that tap's
-``(C_in, C_out)`` weight matrix; there is no Python loop over pixels, so the
-reference is affordable on real images.  It accumulates in float64 and rounds
+each, multiplies a strided view of the input by that tap's ``(C_in, C_out)``
+weight matrix, for the outputs whose tap reads the input; there is no Python
+loop over pixels, so the reference is affordable on real images.
+
+The padding rule, the same in every kernel: a tap that falls in the zero
+padding contributes nothing.  It is not a multiplication by zero, so an Inf
+or NaN weight meeting the padding adds nothing there (where it meets the
+input, it propagates as the arithmetic says).  It accumulates in float64 and rounds
 to the result dtype once at the end, which makes it at least as accurate as
 any device kernel.
 """
@@ -15,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arguments import is_device_array, prepare
+from .arguments import Prepared, is_device_array, prepare
 from .geometry import ConvGeometry
 
-__all__ = ["apply_activation", "conv1d", "conv2d", "dilate", "error_bound"]
+__all__ = ["apply_activation", "conv1d", "conv2d", "conv_prepared", "dilate", "error_bound"]
 
 
 def apply_activation(values: np.ndarray, activation: str) -> np.ndarray:
@@ -37,22 +42,44 @@ def _to_host(value):
     return value.get() if is_device_array(value) else value
 
 
+def _valid_outputs(n: int, out: int, s: int, pad: int, offset: int) -> tuple[int, int]:
+    """Outputs ``o`` in [lo, hi) whose tap reads input ``o*s - pad + offset`` inside [0, n)."""
+    lo = max(0, -(-(pad - offset) // s))
+    hi = min(out, (n - 1 + pad - offset) // s + 1)
+    return lo, max(lo, hi)
+
+
 def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.ndarray:
     x = np.asarray(_to_host(x), dtype=np.float64)
     kernel = np.asarray(_to_host(kernel), dtype=np.float64)
-    padded = np.pad(x, ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0)))
     out = np.zeros((g.n, g.ho, g.wo, g.cout), dtype=np.float64)
-    row_span = (g.ho - 1) * g.sh + 1
-    col_span = (g.wo - 1) * g.sw + 1
     for ky in range(g.kh):
-        r0 = ky * g.dh
+        r0, r1 = _valid_outputs(g.h, g.ho, g.sh, g.pad_top, ky * g.dh)
+        if r0 == r1:
+            continue
+        rows = slice(r0 * g.sh - g.pad_top + ky * g.dh, (r1 - 1) * g.sh - g.pad_top + ky * g.dh + 1, g.sh)
         for kx in range(g.kw):
-            c0 = kx * g.dw
-            patch = padded[:, r0 : r0 + row_span : g.sh, c0 : c0 + col_span : g.sw, :]
-            out += patch @ kernel[ky, kx]
+            c0, c1 = _valid_outputs(g.w, g.wo, g.sw, g.pad_left, kx * g.dw)
+            if c0 == c1:
+                continue
+            cols = slice(
+                c0 * g.sw - g.pad_left + kx * g.dw, (c1 - 1) * g.sw - g.pad_left + kx * g.dw + 1, g.sw
+            )
+            # Only the outputs whose tap reads the input: a tap in the padding
+            # contributes nothing (so an Inf weight there gives no 0 * Inf).
+            out[:, r0:r1, c0:c1, :] += x[:, rows, cols, :] @ kernel[ky, kx]
     if bias is not None:
         out += np.asarray(_to_host(bias), dtype=np.float64)
     return apply_activation(out, activation).astype(dtype)
+
+
+def conv_prepared(p: Prepared) -> np.ndarray:
+    """A validated call (:func:`clatrous.arguments.prepare`) in the launch layout ``(N, Ho, Wo, C_out)``."""
+    x = np.asarray(_to_host(p.x)).reshape(p.geometry.n, p.geometry.h, p.geometry.w, p.geometry.cin)
+    kernel = np.asarray(_to_host(p.kernel)).reshape(
+        p.geometry.kh, p.geometry.kw, p.geometry.cin, p.geometry.cout
+    )
+    return _conv_nhwc(x, kernel, p.bias, p.geometry, p.activation, p.dtype)
 
 
 def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):

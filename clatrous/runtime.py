@@ -12,6 +12,12 @@ case-insensitive substring of a platform or device name, or
 ``platform:device`` indices), else the first GPU, the first CPU, then any
 device, skipping devices whose compiler cannot build a trivial kernel.
 The variable is matched as text, never evaluated.
+
+Kernel sources live in ``kernels/`` (inside the wheel as
+``clatrous.kernels``); a ``#include "name.h"`` line is replaced by that
+header's text before the build, so the headers are part of every program's
+source and of PyOpenCL's cache key.  Caches of runtimes and programs are
+bounded: a program is released with the least recently used context.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import importlib.resources
 import os
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +43,11 @@ __all__ = [
     "device_info",
     "find_device",
     "get_runtime",
+    "kernel_source",
     "list_devices",
+    "live_runtimes",
+    "usable_devices",
+    "set_default_device",
     "settings",
 ]
 
@@ -152,20 +163,48 @@ def list_devices() -> list[tuple[int, int, cl.Platform, cl.Device]]:
     return found
 
 
+def _names(platform: cl.Platform, device: cl.Device) -> tuple[str, ...]:
+    """What a name in ``CLATROUS_DEVICE`` is matched against, case-insensitively.
+
+    Besides the platform and device names, the vendors and the platform's
+    version string, which is where most drivers give their short name (PoCL's
+    platform is "Portable Computing Language", its version "OpenCL 3.0 PoCL 3.1").
+    """
+    texts = []
+    for read in (
+        lambda: platform.name,
+        lambda: device.name,
+        lambda: platform.vendor,
+        lambda: device.vendor,
+        lambda: platform.version,
+    ):
+        try:
+            texts.append(read().casefold())
+        except cl.Error:  # a driver may refuse a query; match on the others
+            continue
+    return tuple(texts)
+
+
+def _echo(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def find_device(spec: str) -> cl.Device:
     """The device named by ``spec``: ``"P:D"`` indices or a name substring."""
     devices = list_devices()
     text = spec.strip()
     match = re.fullmatch(r"(\d+):(\d+)", text)
+    wanted = text.casefold()
     for pi, di, platform, device in devices:
         if match:
             if (pi, di) == (int(match.group(1)), int(match.group(2))):
                 return device
-        elif text.casefold() in platform.name.casefold() or text.casefold() in device.name.casefold():
+        elif wanted and any(wanted in name for name in _names(platform, device)):
             return device
     listing = "; ".join(f"{pi}:{di} {p.name.strip()} / {d.name.strip()}" for pi, di, p, d in devices)
     raise DeviceNotFoundError(
-        f"no OpenCL device matches {spec!r}; available: {listing or 'none (no OpenCL platform found)'}"
+        f"no OpenCL device matches {ENV_DEVICE}={_echo(spec)}; "
+        f"available: {listing or 'none (no OpenCL platform found)'}"
     )
 
 
@@ -195,6 +234,12 @@ _default_lock = threading.Lock()
 _default: cl.Device | None = None
 
 
+def usable_devices() -> list[cl.Device]:
+    """Every device whose compiler builds a trivial kernel: GPUs first, then CPUs, then the rest."""
+    devices = sorted(list_devices(), key=lambda item: _preference(item[3]))
+    return [d for _, _, _, d in devices if _can_build(d)]
+
+
 def default_device() -> cl.Device:
     """The device used when ``device=None`` (see the module's docstring)."""
     global _default
@@ -204,18 +249,29 @@ def default_device() -> cl.Device:
             if spec:
                 _default = find_device(spec)
             else:
-                devices = sorted(list_devices(), key=lambda item: _preference(item[3]))
-                if not devices:
+                found = list_devices()
+                if not found:
                     raise DeviceNotFoundError(
                         "no OpenCL device found: install a driver, e.g. pip install "
                         "'clatrous[pocl]' or Debian's pocl-opencl-icd for the CPU"
                     )
-                usable = [d for _, _, _, d in devices if _can_build(d)]
+                usable = usable_devices()
                 if not usable:
-                    names = ", ".join(d.name.strip() for _, _, _, d in devices)
+                    names = ", ".join(d.name.strip() for _, _, _, d in found)
                     raise DeviceNotFoundError(f"no OpenCL device can build a kernel here (tried {names})")
                 _default = usable[0]
         return _default
+
+
+def set_default_device(device: cl.Device | None) -> None:
+    """Make ``device`` the default of ``device=None`` calls; None chooses afresh.
+
+    For test suites and scripts that run the same code on several devices
+    (``tests/conftest.py`` runs every test on every device this way).
+    """
+    global _default
+    with _default_lock:
+        _default = device
 
 
 # ---------------------------------------------------------------- programs
@@ -235,36 +291,85 @@ def _kernel_file(name: str):
     return Path(__file__).resolve().parent.parent / "kernels" / name
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
+
+
 def kernel_source(name: str) -> str:
+    """The text of ``kernels/name`` with its ``#include "x.h"`` lines replaced by those headers.
+
+    Each header is spliced in once (the headers have include guards too), so
+    the text handed to the driver is self-contained and changes whenever a
+    header does.
+    """
     source = _SOURCES.get(name)
     if source is None:
-        source = _kernel_file(name).read_text(encoding="utf-8")
+        seen: set[str] = set()
+
+        def splice(match: re.Match) -> str:
+            header = match.group(1)
+            if header in seen:
+                return f"// {header}: already included"
+            seen.add(header)
+            text = _kernel_file(header).read_text(encoding="utf-8")
+            return f"// ---- {header}\n{_INCLUDE.sub(splice, text)}\n// ---- end of {header}"
+
+        source = _INCLUDE.sub(splice, _kernel_file(name).read_text(encoding="utf-8"))
         _SOURCES[name] = source
     return source
 
 
 class Runtime:
-    """A command queue, its device's facts, and the programs built for it."""
+    """A command queue, its device's facts, and the programs built for its context.
+
+    ``launches`` is the cache of :mod:`clatrous.launch` for this queue; it
+    lives here so that it goes when the runtime does.
+    """
 
     def __init__(self, queue: cl.CommandQueue):
         self.queue = queue
         self.context = queue.context
         self.device = queue.device
         self.info = device_info(self.device)
+        self.launches: OrderedDict = OrderedDict()
+        self.launch_lock = threading.Lock()
 
     def program(self, source: str, options: tuple[str, ...]) -> cl.Program:
         """``source`` built with ``options`` for this device, built at most once per process."""
         return _build(self.context, self.device, source, options)
 
 
-_program_cache: dict[tuple, cl.Program] = {}
+#: How many contexts keep their programs, queues their runtimes (and so
+#: their cached launches), least recently used first out.
+MAX_CONTEXTS = 16
+
+_programs: OrderedDict[int, tuple[cl.Context, dict]] = OrderedDict()
 _program_lock = threading.Lock()
 
 
-def _build(context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...]) -> cl.Program:
-    key = (context.int_ptr, source, options)
+def _context_programs(context: cl.Context) -> dict:
+    """The programs built for ``context`` (the caller holds ``_program_lock``)."""
+    entry = _programs.get(context.int_ptr)
+    if entry is None:
+        entry = (context, {})  # holding the context keeps its address from being reused
+        _programs[context.int_ptr] = entry
+        while len(_programs) > MAX_CONTEXTS:
+            _programs.popitem(last=False)
+    else:
+        _programs.move_to_end(context.int_ptr)
+    return entry[1]
+
+
+def forget_programs() -> None:
+    """Drop every built program, so the next calls build them again (for tests)."""
     with _program_lock:
-        program = _program_cache.get(key)
+        _programs.clear()
+
+
+def _build(context: cl.Context, device: cl.Device, source: str, options: tuple[str, ...]) -> cl.Program:
+    key = (device.int_ptr, source, options)
+    with _program_lock:
+        programs = _context_programs(context)
+        program = programs.get(key)
         if program is not None:
             return program
         text = kernel_source(source)
@@ -281,7 +386,7 @@ def _build(context: cl.Context, device: cl.Device, source: str, options: tuple[s
                 source_path=str(path),
             ) from None
         settings.build_count += 1
-        _program_cache[key] = program
+        programs[key] = program
         return program
 
 
@@ -303,24 +408,38 @@ def _save_failed_source(name: str, text: str, options: tuple[str, ...]) -> Path:
 # ---------------------------------------------------------------- runtimes
 
 
-_runtimes: dict[int, Runtime] = {}
-_queues_by_context: dict[int, cl.CommandQueue] = {}
+_runtimes: OrderedDict[int, Runtime] = OrderedDict()
+_queues_by_context: OrderedDict[int, cl.CommandQueue] = OrderedDict()
+_device_contexts: dict[int, cl.Context] = {}  # one per device: as many as there are devices
 _runtime_lock = threading.Lock()
+
+
+def _remember(cache: OrderedDict, key: int, value):
+    cache[key] = value
+    while len(cache) > MAX_CONTEXTS:
+        cache.popitem(last=False)
+    return value
 
 
 def _queue_for_context(context: cl.Context) -> cl.CommandQueue:
     queue = _queues_by_context.get(context.int_ptr)
     if queue is None:
-        queue = cl.CommandQueue(context, context.devices[0])
-        _queues_by_context[context.int_ptr] = queue
+        queue = _remember(_queues_by_context, context.int_ptr, cl.CommandQueue(context, context.devices[0]))
     return queue
 
 
-_device_contexts: dict[int, cl.Context] = {}
+def live_runtimes() -> list[Runtime]:
+    """The runtimes kept now (the most recently used last)."""
+    with _runtime_lock:
+        return list(_runtimes.values())
 
 
 def get_runtime(device=None) -> Runtime:
-    """The :class:`Runtime` for ``device`` (None, Device, Context or CommandQueue)."""
+    """The :class:`Runtime` for ``device`` (None, Device, Context or CommandQueue).
+
+    Runtimes (and the queues made for a Context) are kept for the
+    :data:`MAX_CONTEXTS` most recently used; an older one is made anew.
+    """
     if device is None:
         device = default_device()
     with _runtime_lock:
@@ -341,6 +460,8 @@ def get_runtime(device=None) -> Runtime:
             )
         runtime = _runtimes.get(queue.int_ptr)
         if runtime is None:
-            runtime = Runtime(queue)
-            _runtimes[queue.int_ptr] = runtime
+            # The cached runtime holds its queue, so no other queue can have its address.
+            runtime = _remember(_runtimes, queue.int_ptr, Runtime(queue))
+        else:
+            _runtimes.move_to_end(queue.int_ptr)
         return runtime

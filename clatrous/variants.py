@@ -1,17 +1,38 @@
-"""Kernel variants: which source, which ``-D`` options, which NDRange.
+"""Kernel variants as data, and the operations they compute.
 
-A *variant* is one ``.cl`` file; a *configuration* is a dict of its tunable
-parameters (tile sizes, vector widths, work-group size).  :func:`make_plan`
-turns (variant, configuration, geometry, dtype, activation, bias) into a
-:class:`Plan`: everything a launch needs, computed once and cached by the
-caller.  Geometry that changes with every call stays a run-time argument;
-what shapes the generated code (dtype, kernel extent, tiles, activation,
-bias) is a build option.
+A :class:`Variant` describes one kernel (one ``.cl`` file in ``kernels/``):
+its named buffer arguments, how its scalar arguments, build options and
+NDRange follow from the geometry and a *configuration* (a dict of its
+tunable parameters), its search space and constraints, and the local memory
+it needs.  Nothing outside this module knows a kernel's argument order:
+:func:`make_plan` turns (variant, configuration, geometry, dtype,
+activation, bias) into a :class:`Plan`, everything one launch needs, and
+:mod:`clatrous.launch` checks the plan's argument count against the built
+kernel's own, once.
+
+The search space is written as CLBlast writes its tuners'
+(``src/tuning/kernels/*.hpp``): each parameter's allowed values, then
+constraints, as data.  A configuration is *valid* when every parameter takes
+an allowed value and the constraints hold; that alone decides whether a
+stored (tuned) configuration may run, on any image size of its class.  The
+geometry only narrows what the tuner tries (:meth:`Variant.candidates`).
+
+An :class:`Operation` is a name, its variants and its NumPy reference; the
+launch cache, the defaults and tuning database, the tuner, splitting and
+staging work on any operation.  The operations themselves are declared where
+their public functions are (``conv.py``).
+
+Geometry that changes with every call stays a run-time argument; what shapes
+the generated code (dtype, kernel extent, tiles, activation, bias) is a
+build option.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
@@ -19,20 +40,36 @@ from .arguments import ACTIVATIONS
 from .geometry import ConvGeometry
 
 __all__ = [
+    "BLOCKED",
+    "CONV2D_VARIANTS",
+    "DIRECT",
+    "PLANE",
+    "TILED",
     "TILED_LOCAL_BYTES",
-    "VARIANTS",
+    "Operation",
     "Plan",
-    "applicable",
-    "local_bytes",
+    "Variant",
     "make_plan",
-    "search_space",
     "tiled_spans",
+    "variant_names",
 ]
+
+Config = Mapping[str, int]
+_NAMES: set[str] = set()
+
+
+def variant_names() -> frozenset[str]:
+    """The name of every variant this version defines, of any operation."""
+    return frozenset(_NAMES)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A fully specialised launch."""
+    """A fully specialised launch: what :class:`clatrous.launch.Launch` builds and enqueues.
+
+    The kernel's arguments are ``buffers`` (in order), then ``scalars``, then
+    one element offset for each buffer named in ``offsets``.
+    """
 
     variant: str
     config: tuple[tuple[str, int], ...]
@@ -41,7 +78,135 @@ class Plan:
     options: tuple[str, ...]
     global_size: tuple[int, ...]
     local_size: tuple[int, ...] | None
+    buffers: tuple[str, ...]
     scalars: tuple[np.int32, ...]
+    offsets: tuple[str, ...]
+
+    @property
+    def arg_count(self) -> int:
+        return len(self.buffers) + len(self.scalars) + len(self.offsets)
+
+
+def _no_local(config: Config, dtype: np.dtype) -> int:
+    return 0
+
+
+def _always(g: ConvGeometry, config: Config) -> bool:
+    return True
+
+
+@dataclass(frozen=True, eq=False)
+class Variant:
+    """One kernel and everything needed to launch and tune it.
+
+    Attributes
+    ----------
+    name, source, kernel
+        The variant's name, its file in ``kernels/`` and its kernel function.
+    parameters
+        Each tunable parameter and its allowed values.
+    constraints
+        Predicates on a configuration alone (no geometry), as CLBlast's tuners
+        write them: a configuration must satisfy every one.
+    applies
+        ``applies(g, config)``: whether this configuration can compute ``g``
+        (a requirement of the kernel, e.g. ``COUT % VW == 0``).
+    options, scalars
+        ``f(g, config)``: the variant's own ``-D`` build options, and its
+        run-time scalar arguments in the kernel's order.
+    ndrange
+        ``f(g, config)``: (work-item counts per axis, work-group size or None).
+    defaults
+        Values of parameters a configuration may leave out.
+    narrow
+        ``f(g, dtype)``: a dict of parameter values for this geometry, for the
+        parameters whose useful values depend on it (the tuner's candidates);
+        None when the tuner should not try this variant on ``g`` at all.
+    worth
+        ``f(g, config)``: whether a candidate is worth the tuner's time on
+        ``g`` (it is correct either way).
+    local_bytes
+        ``f(config, dtype)``: local memory one work-group needs.
+    buffers, offsets
+        The kernel's buffer arguments, and those whose element offset follows
+        the scalars.
+    """
+
+    name: str
+    source: str
+    kernel: str
+    parameters: Mapping[str, tuple[int, ...] | range]
+    options: Callable[[ConvGeometry, Config], list[str]]
+    scalars: Callable[[ConvGeometry, Config], tuple[int, ...]]
+    ndrange: Callable[[ConvGeometry, Config], tuple[tuple[int, ...], tuple[int, ...] | None]]
+    constraints: tuple[Callable[[Config], bool], ...] = ()
+    defaults: Mapping[str, int] = field(default_factory=dict)
+    applies: Callable[[ConvGeometry, Config], bool] = _always
+    narrow: Callable[[ConvGeometry, np.dtype], dict | None] = lambda g, dtype: {}
+    worth: Callable[[ConvGeometry, Config], bool] = _always
+    local_bytes: Callable[[Config, np.dtype], int] = _no_local
+    buffers: tuple[str, ...] = ("x", "w", "bias", "y")
+    offsets: tuple[str, ...] = ("x",)
+
+    def __post_init__(self):
+        _NAMES.add(self.name)
+
+    def complete(self, config: Config) -> dict:
+        """``config`` with the defaults of the parameters it leaves out."""
+        return {**self.defaults, **config}
+
+    def valid(self, config) -> bool:
+        """Whether ``config`` is one of this variant's configurations (on any geometry)."""
+        if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+            return False
+        full = self.complete(config)
+        return (
+            set(full) == set(self.parameters)
+            and all(type(v) is int and v in self.parameters[k] for k, v in full.items())
+            and all(rule(full) for rule in self.constraints)
+        )
+
+    def candidates(self, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+        """The configurations worth trying on ``g``: valid, applicable, narrowed to ``g``."""
+        narrowed = self.narrow(g, np.dtype(dtype))
+        if narrowed is None:
+            return []
+        names = list(self.parameters)
+        values = [narrowed.get(k, self.parameters[k]) for k in names]
+        out = []
+        for combo in itertools.product(*values):
+            config = dict(zip(names, combo, strict=True))
+            if self.valid(config) and self.applies(g, config) and self.worth(g, config):
+                out.append(config)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Operation:
+    """An operation: a name, the variants that compute it, its NumPy reference and its defaults.
+
+    ``reference(prepared)`` computes a :class:`clatrous.arguments.Prepared`
+    call on the host, in the launch's output layout; ``defaults(info, g,
+    dtype)`` is the (variant, configuration) used where nothing was tuned.
+    """
+
+    name: str
+    variants: tuple[Variant, ...]
+    reference: Callable
+    defaults: Callable
+    by_name: Mapping[str, Variant] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "by_name", MappingProxyType({v.name: v for v in self.variants}))
+
+    def variant(self, name: str) -> Variant:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise ValueError(f"{self.name} has no variant {name!r}; known: {tuple(self.by_name)}") from None
+
+
+# ---------------------------------------------------------------- helpers
 
 
 def _ceil_div(value: int, divisor: int) -> int:
@@ -61,89 +226,121 @@ def _ndrange(counts: tuple[int, ...], local: tuple[int, ...] | None):
 
 
 def _common_options(dtype: np.dtype, activation: str, has_bias: bool) -> list[str]:
-    real = "double" if dtype == np.float64 else "float"
-    return [f"-DREAL={real}", f"-DACTIVATION={ACTIVATIONS[activation]}", f"-DHAS_BIAS={int(has_bias)}"]
+    precision = 64 if np.dtype(dtype) == np.float64 else 32
+    return [
+        f"-DPRECISION={precision}",
+        f"-DACTIVATION={ACTIVATIONS[activation]}",
+        f"-DHAS_BIAS={int(has_bias)}",
+    ]
 
 
-def _local(config: dict) -> tuple[int, int, int] | None:
-    l0, l1 = config.get("LOCAL0", 0), config.get("LOCAL1", 0)
-    return (l0, l1, 1) if l0 and l1 else None
+def _sizes(g: ConvGeometry) -> tuple[int, ...]:
+    return (g.h, g.w, g.cin, g.cout, g.ho, g.wo)
 
 
-def applicable(variant: str, g: ConvGeometry, config: dict | None = None) -> bool:
-    """Whether ``variant`` (with ``config``) can compute geometry ``g``."""
-    if variant == "plane":
-        return g.cin == 1 and g.cout == 1
-    if variant in ("blocked", "tiled"):
-        return config is None or g.cout % config["VW"] == 0
-    return variant == "direct"
+def _steps(g: ConvGeometry) -> tuple[int, ...]:
+    return (g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
+
+
+def _extent(g: ConvGeometry) -> list[str]:
+    return [f"-DKH={g.kh}", f"-DKW={g.kw}"]
 
 
 def make_plan(
-    variant: str, config: dict, g: ConvGeometry, dtype: np.dtype, activation: str, has_bias: bool
+    variant: Variant, config: Config, g: ConvGeometry, dtype: np.dtype, activation: str, has_bias: bool
 ) -> Plan:
     """The launch of ``variant`` with ``config`` on geometry ``g``."""
-    if not applicable(variant, g, config):
-        raise ValueError(f"variant {variant!r} with {config} cannot compute {g}")
-    options = _common_options(dtype, activation, has_bias)
-    local = _local(config)
-    # Run-time geometry, in the kernels' argument order after the four buffers.
-    sizes = (g.h, g.w, g.cin, g.cout, g.ho, g.wo)
-    steps = (g.sh, g.sw, g.dh, g.dw, g.pad_top, g.pad_left)
-    if variant == "direct":
-        counts = (g.cout, g.wo, g.n * g.ho)
-        scalars = (*sizes, g.kh, g.kw, *steps)
-    elif variant == "blocked":
-        vw, nv, px = config["VW"], config["NV"], config["PX"]
-        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px), g.n * g.ho)
-        scalars = (*sizes, *steps)
-    elif variant == "tiled":
-        vw, nv, px, ct, nb, rw = (config[k] for k in ("VW", "NV", "PX", "CT", "NB", "RW"))
-        options += [f"-DVW={vw}", f"-DNV={nv}", f"-DPX={px}", f"-DCT={ct}", f"-DNB={nb}", f"-DRW={rw}"]
-        options += [f"-DPXT={g.wo % px}"]  # the short last block of a row
-        options += [f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        counts = (_ceil_div(g.cout, vw * nv), _ceil_div(g.wo, px * nb), g.n * _ceil_div(g.ho, rw))
-        # One work-item per work-group: it spreads the few, long work-items
-        # over every core of a CPU.
-        local = (1, 1, 1)
-        scalars = (*sizes, *steps)
-    elif variant == "plane":
-        vw = config["VW"]
-        # Rows STEP apart share input rows; without such a lattice, one row each.
-        step, rb = (g.dh // g.sh, config.get("RB", 1)) if g.dh % g.sh == 0 else (1, 1)
-        chunks = _ceil_div(_ceil_div(g.ho, step), rb)
-        options += [f"-DVW={vw}", f"-DRB={rb}", f"-DKH={g.kh}", f"-DKW={g.kw}"]
-        options += [f"-DSH={g.sh}", f"-DSW={g.sw}"]
-        counts = (_ceil_div(g.wo, vw), step * chunks, g.n)
-        scalars = (g.h, g.w, g.ho, g.wo, g.dh, g.dw, g.pad_top, g.pad_left, step)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
-    global_size, local_size = _ndrange(counts, local)
+    if not variant.valid(config):
+        raise ValueError(f"{config} is not a configuration of variant {variant.name!r}")
+    config = variant.complete(config)
+    if not variant.applies(g, config):
+        raise ValueError(f"variant {variant.name!r} with {config} cannot compute {g}")
+    options = _common_options(dtype, activation, has_bias) + list(variant.options(g, config))
+    global_size, local_size = _ndrange(*variant.ndrange(g, config))
     return Plan(
-        variant=variant,
+        variant=variant.name,
         config=tuple(sorted(config.items())),
-        source="conv2d_blocked.cl" if variant == "tiled" else f"conv2d_{variant}.cl",
-        kernel_name=f"conv2d_{variant}",
+        source=variant.source,
+        kernel_name=variant.kernel,
         options=tuple(options),
         global_size=global_size,
         local_size=local_size,
-        scalars=tuple(np.int32(v) for v in scalars),
+        buffers=variant.buffers,
+        scalars=tuple(np.int32(v) for v in variant.scalars(g, config)),
+        offsets=variant.offsets,
     )
 
 
-#: The most local memory a tiled work-item's partial sums may take in the
-#: search (RW*NB*PX*NV*VW elements): 28 of W3's 33 rows at its default
-#: blocks, and still within a core's L2 between channel tiles.
+# ---------------------------------------------------------------- direct
+
+
+def _direct_local(config: Config) -> tuple[int, int, int] | None:
+    l0, l1 = config["LOCAL0"], config["LOCAL1"]
+    return (l0, l1, 1) if l0 and l1 else None
+
+
+DIRECT = Variant(
+    name="direct",
+    source="conv2d_direct.cl",
+    kernel="conv2d_direct",
+    parameters={"LOCAL0": (0, 1), "LOCAL1": (0, 8, 32)},
+    defaults={"LOCAL0": 0, "LOCAL1": 0},  # the driver chooses the work-group
+    constraints=(lambda c: (c["LOCAL0"] == 0) == (c["LOCAL1"] == 0),),
+    options=lambda g, c: [],
+    scalars=lambda g, c: (*_sizes(g), g.kh, g.kw, *_steps(g)),
+    ndrange=lambda g, c: ((g.cout, g.wo, g.n * g.ho), _direct_local(c)),
+)
+
+
+# ---------------------------------------------------------------- blocked
+
+_VW = (1, 2, 4, 8, 16)
+
+
+def _channel_block_fits(c: Config) -> bool:
+    return c["VW"] * c["NV"] <= 64
+
+
+def _cout_fits(g: ConvGeometry, c: Config) -> bool:
+    # COUT % VW == 0 is the kernel's requirement; more vectors than the
+    # channels fill would only compute clamped duplicates.
+    return g.cout % c["VW"] == 0 and (c["NV"] == 1 or c["VW"] * c["NV"] <= g.cout)
+
+
+BLOCKED = Variant(
+    name="blocked",
+    source="conv2d_blocked.cl",
+    kernel="conv2d_blocked",
+    parameters={"VW": _VW, "NV": (1, 2, 4), "PX": (1, 2, 4, 6, 8)},
+    constraints=(_channel_block_fits,),
+    applies=lambda g, c: g.cout % c["VW"] == 0,
+    narrow=lambda g, dtype: {"VW": [v for v in _VW if g.cout % v == 0]},
+    worth=_cout_fits,
+    options=lambda g, c: [f"-DVW={c['VW']}", f"-DNV={c['NV']}", f"-DPX={c['PX']}", *_extent(g)],
+    scalars=lambda g, c: (*_sizes(g), *_steps(g)),
+    ndrange=lambda g, c: (
+        (_ceil_div(g.cout, c["VW"] * c["NV"]), _ceil_div(g.wo, c["PX"]), g.n * g.ho),
+        None,
+    ),
+)
+
+
+# ---------------------------------------------------------------- tiled
+
+#: The most local memory a tiled work-item's partial sums may take
+#: (RW*NB*PX*NV*VW elements): 28 of W3's 33 rows at its default blocks, and
+#: still within a core's L2 between channel tiles.
 TILED_LOCAL_BYTES = 256 * 1024
 
 
-def local_bytes(variant: str, config: dict, dtype: np.dtype) -> int:
-    """The local memory a work-group of ``variant`` with ``config`` needs."""
-    if variant != "tiled":
-        return 0
-    blocks = config["RW"] * config["NB"] * config["PX"] * config["NV"] * config["VW"]
-    return blocks * np.dtype(dtype).itemsize
+def _tiled_local_bytes(c: Config, dtype: np.dtype) -> int:
+    return c["RW"] * c["NB"] * c["PX"] * c["NV"] * c["VW"] * np.dtype(dtype).itemsize
+
+
+def _even_split(total: int, most: int) -> int:
+    """The part size that splits ``total`` into as few parts of at most ``most`` as can be, evenly."""
+    most = max(1, most)
+    return _ceil_div(total, _ceil_div(total, most))
 
 
 def tiled_spans(g: ConvGeometry, px: int, block_bytes: int) -> list[tuple[int, int]]:
@@ -161,46 +358,105 @@ def tiled_spans(g: ConvGeometry, px: int, block_bytes: int) -> list[tuple[int, i
     return sorted(spans)
 
 
-def _even_split(total: int, most: int) -> int:
-    """The part size that splits ``total`` into as few parts of at most ``most`` as can be, evenly."""
-    most = max(1, most)
-    return _ceil_div(total, _ceil_div(total, most))
+def _tiled_narrow(g: ConvGeometry, dtype: np.dtype) -> dict | None:
+    if g.cin < 32:
+        return None  # one tile would hold every channel: that is the blocked variant
+    vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
+    if g.cout % vw:
+        return None
+    # NB and RW are searched together (tiled_spans), through the candidates below.
+    return {"VW": (vw,), "CT": tuple(ct for ct in (32, 64, 128) if ct < g.cin)}
 
 
-#: Tunable parameters per variant; the tuner walks these.
-VARIANTS = ("direct", "blocked", "tiled", "plane")
+def _tiled_candidates(g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+    narrowed = _tiled_narrow(g, np.dtype(dtype))
+    if narrowed is None:
+        return []
+    (vw,), itemsize = narrowed["VW"], np.dtype(dtype).itemsize
+    out = []
+    for nv in (1, 2, 4):
+        for px in (4, 6, 8):
+            for nb, rw in tiled_spans(g, px, px * nv * vw * itemsize):
+                for ct in narrowed["CT"]:
+                    config = {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw}
+                    if TILED.valid(config) and TILED.applies(g, config) and TILED.worth(g, config):
+                        out.append(config)
+    return out
 
 
-def search_space(variant: str, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
-    """Every configuration of ``variant`` worth trying on geometry ``g``."""
-    if variant == "direct":
-        return [{}] + [{"LOCAL0": 1, "LOCAL1": l1} for l1 in (8, 32)]
-    if variant == "plane":
-        if not applicable("plane", g):
-            return []
-        return [{"VW": vw, "RB": rb} for vw in (4, 8, 16) for rb in (1, 2, 4, 8)]
-    if variant == "tiled":
-        if g.cin < 32:
-            return []  # one tile would hold every channel: that is the blocked variant
-        vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
-        if g.cout % vw:
-            return []
-        return [
-            {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw}
-            for nv in (1, 2, 4)
-            if vw * nv <= 64 and (nv == 1 or vw * nv <= g.cout)
-            for px in (4, 6, 8)
-            for nb, rw in tiled_spans(g, px, px * nv * vw * np.dtype(dtype).itemsize)
-            for ct in (32, 64, 128)
-            if ct < g.cin
-        ]
-    configs = []
-    for vw in (1, 2, 4, 8, 16):
-        if g.cout % vw:
-            continue
-        for nv in (1, 2, 4):
-            if vw * nv > 64 or (nv > 1 and vw * nv > g.cout):
-                continue
-            for px in (1, 2, 4, 6, 8):
-                configs.append({"VW": vw, "NV": nv, "PX": px})
-    return configs
+class _TiledVariant(Variant):
+    """The tiled variant's candidates pair NB with RW (:func:`tiled_spans`)."""
+
+    def candidates(self, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+        return _tiled_candidates(g, dtype)
+
+
+TILED = _TiledVariant(
+    name="tiled",
+    source="conv2d_tiled.cl",
+    kernel="conv2d_tiled",
+    parameters={
+        "VW": _VW,
+        "NV": (1, 2, 4),
+        "PX": (1, 2, 4, 6, 8),
+        "CT": (16, 32, 64, 128),
+        "NB": range(1, 2049),
+        "RW": range(1, 1025),
+    },
+    constraints=(_channel_block_fits,),  # local memory: the device decides (params.fits)
+    applies=lambda g, c: g.cout % c["VW"] == 0,
+    worth=_cout_fits,
+    local_bytes=_tiled_local_bytes,
+    options=lambda g, c: [
+        *(f"-D{k}={c[k]}" for k in ("VW", "NV", "PX", "CT", "NB", "RW")),
+        f"-DPXT={g.wo % c['PX']}",  # the short last block of a row
+        *_extent(g),
+    ],
+    scalars=lambda g, c: (*_sizes(g), *_steps(g)),
+    # One work-item per work-group: it spreads the few, long work-items over
+    # every core of a CPU (the kernel requires it: reqd_work_group_size).
+    ndrange=lambda g, c: (
+        (
+            _ceil_div(g.cout, c["VW"] * c["NV"]),
+            _ceil_div(g.wo, c["PX"] * c["NB"]),
+            g.n * _ceil_div(g.ho, c["RW"]),
+        ),
+        (1, 1, 1),
+    ),
+)
+
+
+# ---------------------------------------------------------------- plane
+
+
+def _plane_rows(g: ConvGeometry, c: Config) -> tuple[int, int]:
+    """(STEP, RB): rows STEP = DH / SH apart share input rows; without such a lattice, one row each."""
+    return (g.dh // g.sh, c["RB"]) if g.dh % g.sh == 0 else (1, 1)
+
+
+def _plane_ndrange(g: ConvGeometry, c: Config):
+    step, rb = _plane_rows(g, c)
+    chunks = _ceil_div(_ceil_div(g.ho, step), rb)
+    return (_ceil_div(g.wo, c["VW"]), step * chunks, g.n), None
+
+
+PLANE = Variant(
+    name="plane",
+    source="conv2d_plane.cl",
+    kernel="conv2d_plane",
+    parameters={"VW": (4, 8, 16), "RB": (1, 2, 4, 8)},
+    applies=lambda g, c: g.cin == 1 and g.cout == 1,
+    narrow=lambda g, dtype: {} if g.cin == 1 and g.cout == 1 else None,
+    options=lambda g, c: [
+        f"-DVW={c['VW']}",
+        f"-DRB={_plane_rows(g, c)[1]}",
+        *_extent(g),
+        f"-DSH={g.sh}",
+        f"-DSW={g.sw}",
+    ],
+    scalars=lambda g, c: (g.h, g.w, g.ho, g.wo, g.dh, g.dw, g.pad_top, g.pad_left, _plane_rows(g, c)[0]),
+    ndrange=_plane_ndrange,
+)
+
+#: The variants of the dense convolution, in the order the tuner walks them.
+CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE)

@@ -14,32 +14,10 @@
 // NDRange: dim0 = COUT, dim1 = WO (both may be rounded up), dim2 = N * HO exactly.
 // Work-item (co, ox, n*HO + oy) computes y[n, oy, ox, co]:
 //   sum over ky, kx, ci of x[n, oy*SH - PT + ky*DH, ox*SW - PL + kx*DW, ci] * w[ky, kx, ci, co]
-// where taps in the padding read zero; then bias and activation.
+// over the taps that read the input (a tap in the padding adds nothing); then
+// bias and activation.  Build options: those of common.h only.
 
-#ifndef REAL
-#define REAL float       // element type: float or double
-#endif
-#ifndef ACTIVATION
-#define ACTIVATION 0     // 0 linear, 1 relu, 2 sigmoid, 3 tanh
-#endif
-#ifndef HAS_BIAS
-#define HAS_BIAS 0       // 1: add bias[co] before the activation
-#endif
-
-#ifdef cl_khr_fp64
-#pragma OPENCL EXTENSION cl_khr_fp64 : enable
-#endif
-
-#if ACTIVATION == 1
-// relu keeps NaN (fmax would drop it), as NumPy, PyTorch and TensorFlow do.
-#define ACTIVATE(v) ((v) < (REAL)0 ? (REAL)0 : (v))
-#elif ACTIVATION == 2
-#define ACTIVATE(v) ((REAL)1 / ((REAL)1 + exp(-(v))))
-#elif ACTIVATION == 3
-#define ACTIVATE(v) tanh(v)
-#else
-#define ACTIVATE(v) (v)
-#endif
+#include "common.h"
 
 __kernel void conv2d_direct(__global const REAL *restrict x,
                             __global const REAL *restrict w,
@@ -61,11 +39,11 @@ __kernel void conv2d_direct(__global const REAL *restrict x,
 
     REAL acc = (REAL)0;
     for (int ky = 0; ky < KH; ++ky) {
-        const int iy = oy * SH - PT + ky * DH;
-        if (iy < 0 || iy >= H) continue;            // a whole row of taps in the padding
+        const int iy = border_index(oy * SH - PT + ky * DH, H);
+        if (iy < 0) continue;                       // a whole row of taps in the padding
         for (int kx = 0; kx < KW; ++kx) {
-            const int ix = ox * SW - PL + kx * DW;
-            if (ix < 0 || ix >= W) continue;
+            const int ix = border_index(ox * SW - PL + kx * DW, W);
+            if (ix < 0) continue;
             const __global REAL *xp = x + (((long)n * H + iy) * W + ix) * CIN;
             const __global REAL *wp = w + (long)(ky * KW + kx) * CIN * COUT + co;
             for (int ci = 0; ci < CIN; ++ci) {

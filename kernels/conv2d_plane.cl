@@ -28,10 +28,8 @@
 // Work-item (bx, g, n) computes y[n, oy0 + j*STEP, bx*VW : bx*VW + VW] for
 // j < RB, where the residue r = g % STEP and the chunk c = g / STEP give
 // oy0 = r + c * RB * STEP.
+// Build options: VW, RB, KH, KW, SH, SW below, and those of common.h.
 
-#ifndef REAL
-#define REAL float       // element type: float or double
-#endif
 #ifndef VW
 #define VW 8             // output pixels per work-item: 2, 4, 8 or 16
 #endif
@@ -50,29 +48,18 @@
 #ifndef SW               // compiler drops it for other strides)
 #define SW 1             // column stride
 #endif
-#ifndef ACTIVATION
-#define ACTIVATION 0     // 0 linear, 1 relu, 2 sigmoid, 3 tanh
+#include "common.h"
+
+#if VW != 2 && VW != 4 && VW != 8 && VW != 16
+#error "VW must be 2, 4, 8 or 16"
 #endif
-#ifndef HAS_BIAS
-#define HAS_BIAS 0       // 1: add bias[0] before the activation
+#if RB < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1
+#error "RB, KH, KW, SH and SW must be positive"
 #endif
 
-#ifdef cl_khr_fp64
-#pragma OPENCL EXTENSION cl_khr_fp64 : enable
-#endif
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
 typedef CAT(REAL, VW) realv;
-// The integer vector select() takes with realv: as wide as REAL.
-#define REAL_IS_double 1
-#if CAT(REAL_IS_, REAL)
-#define MASK long
-#else
-#define MASK int
-#endif
-typedef MASK maskt;
-typedef CAT(MASK, VW) maskv;
+typedef REAL_MASK maskt;
+typedef CAT(REAL_MASK, VW) maskv;    // what select() takes with realv
 // Unaligned vector access: vloadn/vstoren, the form the OpenCL standard
 // defines for any element-aligned address.  On PoCL each is one unaligned
 // load or store: W5 ran as fast as with a cast through a reduced-alignment
@@ -81,17 +68,6 @@ typedef CAT(MASK, VW) maskv;
 #define STOREU(p, v) CAT(vstore, VW)((v), 0, (p))
 // A vector and its elements, for the lane-by-lane paths.
 typedef union { realv v; REAL s[VW]; } lanes;
-
-#if ACTIVATION == 1
-// relu keeps NaN (fmax would drop it), as NumPy, PyTorch and TensorFlow do.
-#define ACTIVATE(v) select((v), (realv)0, (v) < (realv)0)
-#elif ACTIVATION == 2
-#define ACTIVATE(v) ((realv)1 / ((realv)1 + exp(-(v))))
-#elif ACTIVATION == 3
-#define ACTIVATE(v) tanh(v)
-#else
-#define ACTIVATE(v) (v)
-#endif
 
 // Adds one loaded input vector, input row t of the work-item and kernel
 // column kx, to every output row it serves (kernel row ky = t - j).  Always
@@ -105,6 +81,20 @@ static inline void add_tap(realv acc[RB], const REAL wk[KH * KW], const int t, c
     for (int j = 0; j < RB; ++j) {
         const int ky = t - j;
         if (ky >= 0 && ky < KH) acc[j] = fma((realv)wk[ky * KW + kx], in, acc[j]);
+    }
+}
+
+// The same for a vector of which some lanes fall in the padding (where skip
+// is set): those lanes keep their sums, so an Inf or NaN weight adds nothing
+// there, as in every other kernel.
+__attribute__((always_inline))
+static inline void add_tap_masked(realv acc[RB], const REAL wk[KH * KW], const int t, const int kx,
+                                  const realv in, const maskv skip)
+{
+#pragma unroll
+    for (int j = 0; j < RB; ++j) {
+        const int ky = t - j;
+        if (ky >= 0 && ky < KH) acc[j] = select(fma((realv)wk[ky * KW + kx], in, acc[j]), acc[j], skip);
     }
 }
 
@@ -160,16 +150,15 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
             for (int kx = 0; kx < KW; ++kx) {
                 const int ix0 = ix_base + kx * DW;
                 const int ix_last = ix0 + (VW - 1) * SW;
-                realv in;
                 if (ix_last < 0 || ix0 >= W) {
                     continue;                       // every lane in the padding
                 } else if (SW == 1 && ix0 >= 0 && ix_last < W) {
-                    in = LOADU(xrow + ix0);
+                    add_tap(acc, wk, t, kx, LOADU(xrow + ix0));
                 } else {
                     // Straddles the edge, or strided: every lane loads from a
-                    // clamped address, and lanes in the padding are replaced
-                    // by zero (selected, not multiplied: NaN or Inf elsewhere
-                    // in the row must not leak into a padded tap).
+                    // clamped address (NaN or Inf at the border pixel then
+                    // sits in padded lanes too), and the padded lanes keep
+                    // their sums unchanged.
                     lanes u;
                     union { maskv v; maskt s[VW]; } lane_ix;
 #pragma unroll
@@ -178,9 +167,8 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                         u.s[i] = xrow[clamp(ix, 0, W - 1)];
                         lane_ix.s[i] = ix;
                     }
-                    in = select(u.v, (realv)0, lane_ix.v < 0 || lane_ix.v >= W);
+                    add_tap_masked(acc, wk, t, kx, u.v, lane_ix.v < 0 || lane_ix.v >= W);
                 }
-                add_tap(acc, wk, t, kx, in);
             }
         }
     }

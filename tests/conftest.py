@@ -1,8 +1,11 @@
-"""Shared fixtures: the device under test, poisoned outputs, hypothesis profiles.
+"""Shared fixtures: every test on every OpenCL device, poisoned outputs, hypothesis profiles.
 
-Every test runs on clatrous's default device, which ``CLATROUS_DEVICE``
-chooses (PoCL on the CPU in CI).  Outputs are filled with NaN before every
-launch, so an element a kernel forgets to write fails the comparison.
+Every test runs once per usable OpenCL device (PyOpenCL's
+``pytest_generate_tests_for_pyopencl`` habit), or only on the device
+``CLATROUS_DEVICE`` names (CI runs the suite once per implementation that
+way).  During a test that device is clatrous's default.  Outputs are filled
+with NaN before every launch, so an element a kernel forgets to write fails
+the comparison.
 """
 
 import os
@@ -28,46 +31,68 @@ settings.register_profile("thorough", max_examples=400, deadline=None, print_blo
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _on_oclgrind() -> bool:
+def _devices_under_test():
+    if os.environ.get(runtime.ENV_DEVICE, "").strip():
+        return [runtime.default_device()]
+    return runtime.usable_devices()
+
+
+def _label(device) -> str:
+    info = runtime.device_info(device)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{info.platform.split()[0]}-{info.name}")[:40]
+
+
+def pytest_generate_tests(metafunc):
+    if "cl_device" in metafunc.fixturenames:
+        devices = _devices_under_test()
+        metafunc.parametrize("cl_device", devices, ids=[_label(d) for d in devices], scope="session")
+
+
+@pytest.fixture(autouse=True)
+def default_device_under_test(cl_device):
+    """The device of this run of the test is clatrous's default while it runs."""
+    before = runtime.default_device()
+    runtime.set_default_device(cl_device)
+    yield cl_device
+    runtime.set_default_device(before)
+
+
+def on_oclgrind() -> bool:
     return "oclgrind" in runtime.get_runtime().info.platform.lower()
 
 
 @pytest.fixture(autouse=True)
-def poisoned_outputs():
+def poisoned_outputs(default_device_under_test):
     """NaN in every output before the launch (on Oclgrind its own tracking of
     uninitialised memory takes over: it misreads the shadow of filled buffers)."""
     before = runtime.settings.poison_outputs
-    runtime.settings.poison_outputs = not _on_oclgrind()
+    runtime.settings.poison_outputs = not on_oclgrind()
     yield
     runtime.settings.poison_outputs = before
 
 
-@pytest.fixture(scope="session")
-def device_info():
-    return runtime.get_runtime().info
-
-
-@pytest.fixture(scope="session")
-def has_fp64(device_info):
-    return device_info.fp64
-
-
 def pytest_report_header(config):
     try:
-        info = runtime.get_runtime().info
+        devices = _devices_under_test()
     except Exception as exc:  # the header must never hide the test run itself
-        return f"clatrous device: none ({exc})"
-    return f"clatrous device: {info.platform} | {info.name} | driver {info.driver} | fp64={info.fp64}"
+        return f"clatrous devices: none ({exc})"
+    lines = []
+    for device in devices:
+        info = runtime.device_info(device)
+        lines.append(
+            f"clatrous device: {info.platform} | {info.name} | driver {info.driver} | fp64={info.fp64}"
+        )
+    return lines
 
 
 @pytest.fixture(autouse=True)
-def oclgrind_reports(request):
+def oclgrind_reports(request, default_device_under_test):
     """On the Oclgrind simulator, any report it prints fails the test.
 
     Oclgrind writes each error (out-of-bounds access, data race, read of
-    uninitialised memory) to stderr, with a "\tKernel: name" line.
+    uninitialised memory) to stderr, with a "\\tKernel: name" line.
     """
-    if not _on_oclgrind():
+    if not on_oclgrind():
         yield
         return
     capfd = request.getfixturevalue("capfd")

@@ -1,14 +1,16 @@
-"""Comparison against the reference with an error bound derived from the data."""
+"""Shared test helpers: comparison against the reference, the geometry of a call, forced choices."""
 
 import numpy as np
 import pytest
 
-from clatrous import reference, runtime
+from clatrous import params, reference, runtime
+from clatrous.arguments import prepare
+from clatrous.conv import CONV2D
 
 
 def assert_matches_reference(out, x, kernel, bias=None, conv=reference.conv2d, **kwargs):
     """``out`` has the reference's shape and dtype, and every value within the bound."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "_choice")}
+    kwargs = {k: v for k, v in kwargs.items() if k != "device"}
     expected = conv(x, kernel, bias, **kwargs)
     assert out.shape == expected.shape, (out.shape, expected.shape)
     assert out.dtype == expected.dtype, (out.dtype, expected.dtype)
@@ -26,3 +28,22 @@ def assert_matches_reference(out, x, kernel, bias=None, conv=reference.conv2d, *
 def skip_without_fp64(dtype):
     if np.dtype(dtype) == np.float64 and not runtime.get_runtime().info.fp64:
         pytest.skip("the device has no cl_khr_fp64")
+
+
+def geometry_of(x, kernel, bias=None, ndim=2, **kwargs):
+    """The validated geometry of a call, with conv2d's defaults for what ``kwargs`` leaves out."""
+    call = dict(strides=1, padding="valid", dilation_rate=1, activation=None) | kwargs
+    return prepare(x, kernel, bias, ndim=ndim, **call).geometry
+
+
+def choices(g, dtype):
+    """Every (variant, configuration) the tuner could pick for geometry g on this device."""
+    return params.search_candidates(runtime.get_runtime().info, CONV2D, g, dtype)
+
+
+def forced_call(choice, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with ``choice`` (variant, configuration) forced, or as chosen when None."""
+    if choice is None:
+        return fn(*args, **kwargs)
+    with params.forced(*choice):
+        return fn(*args, **kwargs)

@@ -10,7 +10,7 @@ from helpers import assert_matches_reference, skip_without_fp64
 
 import clatrous
 from clatrous import reference, runtime
-from clatrous.conv import aligned_copy
+from clatrous.staging import aligned_copy
 
 RNG = np.random.default_rng(7)
 
@@ -100,7 +100,7 @@ def test_host_arrays_of_every_layout_both_sides_of_the_copy_threshold(size, monk
         with monkeypatch.context() as patch:
             if size == "large" and name in ("aligned", "unaligned", "read-only") and on_cpu:
                 # These are read in place, from an aligned address at or before them.
-                patch.setattr(clatrous.conv, "aligned_copy", _no_copy)
+                patch.setattr(clatrous.staging, "aligned_copy", _no_copy)
             out = clatrous.conv2d(xv, kernel, padding="same", dilation_rate=2)
         assert out.dtype == (np.float64 if name == "float64" else np.float32), name
         assert_matches_reference(out, np.asarray(xv), kernel, padding="same", dilation_rate=2)

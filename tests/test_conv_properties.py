@@ -7,14 +7,13 @@ any of them.
 """
 
 import numpy as np
-from helpers import assert_matches_reference, skip_without_fp64
+from helpers import assert_matches_reference, choices, forced_call, geometry_of, skip_without_fp64
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import reference, runtime, tuning
-from clatrous.arguments import prepare
+from clatrous import reference
 
 
 @given(conv2d_problem())
@@ -33,18 +32,13 @@ def test_conv1d_matches_reference(problem):
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
 
-def _choices(g, dtype):
-    """Every (variant, configuration) the tuner could pick for geometry g on this device."""
-    return tuning.search_candidates(runtime.get_runtime().info, g, dtype)
-
-
 @given(conv2d_problem(), st.data())
 def test_every_variant_and_configuration(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
-    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
-    variant, config = data.draw(st.sampled_from(_choices(g, x.dtype)), label="variant, config")
-    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=(variant, config))
+    g = geometry_of(x, kernel, bias, **kwargs)
+    variant, config = data.draw(st.sampled_from(choices(g, x.dtype)), label="variant, config")
+    out = forced_call((variant, config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
 
@@ -52,9 +46,9 @@ def test_every_variant_and_configuration(problem, data):
 def test_every_variant_on_conv1d(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
-    g = prepare(x, kernel, bias, ndim=1, **kwargs).geometry
-    variant, config = data.draw(st.sampled_from(_choices(g, x.dtype)), label="variant, config")
-    out = clatrous.conv1d(x, kernel, bias, **kwargs, _choice=(variant, config))
+    g = geometry_of(x, kernel, bias, ndim=1, **kwargs)
+    variant, config = data.draw(st.sampled_from(choices(g, x.dtype)), label="variant, config")
+    out = forced_call((variant, config), clatrous.conv1d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
 
@@ -84,7 +78,7 @@ def _naive_undilated(x, kernel, bias, sh, sw, pads, activation):
 @given(conv2d_problem())
 def test_reference_equals_dilated_kernel_without_dilation(problem):
     x, kernel, bias, kwargs = problem
-    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+    g = geometry_of(x, kernel, bias, **kwargs)
     stuffed = clatrous.dilate(kernel, (g.dh, g.dw))
     pads = ((g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right))
     expected = _naive_undilated(x, stuffed, bias, g.sh, g.sw, pads, kwargs["activation"])
@@ -112,12 +106,12 @@ def test_tiled_variant_over_channel_tiles(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     try:
-        g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
+        g = geometry_of(x, kernel, bias, **kwargs)
     except ValueError:
         return  # the shrunken image no longer fits this kernel; other examples cover it
-    configs = [config for variant, config in _choices(g, x.dtype) if variant == "tiled"]
+    configs = [config for variant, config in choices(g, x.dtype) if variant == "tiled"]
     config = data.draw(st.sampled_from(configs), label="config")
-    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("tiled", config))
+    out = forced_call(("tiled", config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
 
@@ -145,8 +139,8 @@ def one_channel_problem(draw):
 def test_plane_variant_on_larger_images(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
-    g = prepare(x, kernel, bias, ndim=2, **kwargs).geometry
-    configs = [config for variant, config in _choices(g, x.dtype) if variant == "plane"]
+    g = geometry_of(x, kernel, bias, **kwargs)
+    configs = [config for variant, config in choices(g, x.dtype) if variant == "plane"]
     config = data.draw(st.sampled_from(configs), label="config")
-    out = clatrous.conv2d(x, kernel, bias, **kwargs, _choice=("plane", config))
+    out = forced_call(("plane", config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import clatrous
-from clatrous import conv, reference
+from clatrous import execute, reference
 
 X = np.ones((1, 8, 8, 2), np.float32)
 K = np.ones((3, 3, 2, 4), np.float32)
@@ -17,7 +17,7 @@ def no_opencl(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("an OpenCL call was made for a user's mistake")
 
-    monkeypatch.setattr(conv, "get_runtime", refuse)
+    monkeypatch.setattr(execute, "get_runtime", refuse)
 
 
 CASES = [

@@ -3,13 +3,13 @@
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
+from helpers import geometry_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import runtime, splitting
-from clatrous.arguments import prepare
+from clatrous import execute, runtime, splitting
 from clatrous.errors import DeviceMemoryError
 
 
@@ -25,14 +25,9 @@ def limits():
     runtime.settings.max_alloc_bytes, runtime.settings.device_bytes = saved
 
 
-def _geometry(x, kernel, bias, ndim=2, **kwargs):
-    call = dict(strides=1, padding="valid", dilation_rate=1, activation=None) | kwargs
-    return prepare(x, kernel, bias, ndim=ndim, **call).geometry
-
-
 def _pieces(x, kernel, bias, ndim=2, **kwargs):
-    g = _geometry(x, kernel, bias, ndim, **kwargs)
-    return splitting.plan_pieces(g, x.dtype.itemsize, *clatrous.conv._limits(runtime.get_runtime()))
+    g = geometry_of(x, kernel, bias, ndim, **kwargs)
+    return splitting.plan_pieces(g, x.dtype.itemsize, *execute.limits(runtime.get_runtime()))
 
 
 def test_batch_is_split_first(limits):
@@ -54,7 +49,7 @@ def test_batch_is_split_first(limits):
 def test_row_bands_equal_the_whole(problem, rows):
     x, kernel, bias, kwargs = problem
     whole = clatrous.conv2d(x, kernel, bias, **kwargs)
-    g = _geometry(x, kernel, bias, 2, **kwargs)
+    g = geometry_of(x, kernel, bias, 2, **kwargs)
     itemsize = x.dtype.itemsize
     # room for `rows` output rows of one image, with their halo, but not for a whole image
     halo = (rows - 1) * g.sh + g.dh * (g.kh - 1) + 1
@@ -77,7 +72,7 @@ def test_row_bands_equal_the_whole(problem, rows):
 def test_conv1d_is_split_along_the_signal(problem, columns):
     x, kernel, bias, kwargs = problem
     whole = clatrous.conv1d(x, kernel, bias, **kwargs)
-    g = _geometry(x, kernel, bias, 1, **kwargs)
+    g = geometry_of(x, kernel, bias, 1, **kwargs)
     halo = (columns - 1) * g.sw + g.dw * (g.kw - 1) + 1
     need = max(min(halo, g.w) * g.cin, columns * g.cout, g.kw * g.cin * g.cout + g.cout)
     runtime.settings.max_alloc_bytes = need * x.dtype.itemsize

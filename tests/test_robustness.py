@@ -6,14 +6,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
 import pytest
-from helpers import assert_matches_reference
+from helpers import assert_matches_reference, forced_call, geometry_of
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import clatrous
-from clatrous import conv, reference, runtime, variants
-from clatrous.arguments import prepare
+from clatrous import launch, params, reference, runtime, variants
+from clatrous.conv import CONV2D
 
 CHOICES = [
     ("direct", {}),
@@ -27,8 +28,8 @@ def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
     if "oclgrind" in runtime.get_runtime().info.platform.lower():
         pytest.skip("Oclgrind's OpenCL runtime is not thread-safe (jrprice/Oclgrind#28); tested on PoCL")
     # Forget every built program, so that the threads race to build them.
-    monkeypatch.setattr(runtime, "_program_cache", {})
-    conv.forget_launches()
+    runtime.forget_programs()
+    launch.forget_launches()
     rng = np.random.default_rng(11)
     jobs = []
     for i in range(48):
@@ -40,7 +41,7 @@ def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
 
     def run(job):
         x, k, kwargs, choice = job
-        return clatrous.conv2d(x, k, **kwargs, _choice=choice)
+        return forced_call(choice, clatrous.conv2d, x, k, **kwargs)
 
     before = runtime.settings.build_count
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -52,9 +53,9 @@ def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
         for x, k, kwargs, choice in jobs
         for plan in [
             variants.make_plan(
-                *(
+                *_variant_and_config(
                     choice
-                    or clatrous.tuning.choose(runtime.get_runtime().info, _geometry(x, k, kwargs), x.dtype)
+                    or params.choose(runtime.get_runtime().info, CONV2D, _geometry(x, k, kwargs), x.dtype)
                 ),
                 _geometry(x, k, kwargs),
                 np.dtype(np.float32),
@@ -67,7 +68,11 @@ def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
 
 
 def _geometry(x, k, kwargs):
-    return prepare(x, k, None, ndim=2, strides=1, **kwargs).geometry
+    return geometry_of(x, k, **kwargs)
+
+
+def _variant_and_config(choice):
+    return CONV2D.variant(choice[0]), choice[1]
 
 
 @pytest.mark.parametrize("choice", CHOICES + [None])
@@ -76,10 +81,12 @@ def test_same_input_same_bits(choice):
     x = rng.standard_normal((2, 11, 13, 40)).astype(np.float32)
     k = rng.standard_normal((3, 3, 40, 16)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
-    first = clatrous.conv2d(x, k, b, padding="same", dilation_rate=2, activation="sigmoid", _choice=choice)
+    first = forced_call(
+        choice, clatrous.conv2d, x, k, b, padding="same", dilation_rate=2, activation="sigmoid"
+    )
     for _ in range(3):
-        again = clatrous.conv2d(
-            x, k, b, padding="same", dilation_rate=2, activation="sigmoid", _choice=choice
+        again = forced_call(
+            choice, clatrous.conv2d, x, k, b, padding="same", dilation_rate=2, activation="sigmoid"
         )
         assert again.tobytes() == first.tobytes()
 
@@ -102,7 +109,7 @@ def test_thousands_of_calls_leave_memory_flat():
     k = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
     queue = runtime.get_runtime().queue
-    x_dev = clatrous.conv2d.__globals__["cl_array"].to_device(queue, x)
+    x_dev = cl_array.to_device(queue, x)
 
     def burst(count):
         for _ in range(count):
@@ -128,7 +135,7 @@ def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     x[0, 2, 11, -1] = np.inf
     x[0, 9, 2, 0] = -np.inf
     kwargs = dict(padding="same", dilation_rate=2, activation=activation)
-    out = clatrous.conv2d(x, k, **kwargs, _choice=choice)
+    out = forced_call(choice, clatrous.conv2d, x, k, **kwargs)
     expected = reference.conv2d(x, k, **kwargs)
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
@@ -152,7 +159,7 @@ def test_plane_edges_do_not_leak_non_finite_border_pixels(config, strides):
     x[0, 0, -1, 0] = np.nan
     k = rng.standard_normal((3, 3, 1, 1)).astype(np.float32)
     kwargs = dict(padding="same", dilation_rate=3, strides=strides)
-    out = clatrous.conv2d(x, k, **kwargs, _choice=("plane", config))
+    out = forced_call(("plane", config), clatrous.conv2d, x, k, **kwargs)
     expected = reference.conv2d(x, k, **kwargs)
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)

@@ -13,9 +13,10 @@ from clatrous.errors import BuildError, DeviceNotFoundError, UnsupportedDeviceEr
 @pytest.fixture
 def fresh_default(monkeypatch):
     """Let a test choose the default device again, then restore the real one."""
-    monkeypatch.setattr(runtime, "_default", None)
+    before = runtime.default_device()
+    runtime.set_default_device(None)
     yield
-    monkeypatch.setattr(runtime, "_default", None)
+    runtime.set_default_device(before)
 
 
 def test_environment_variable_picks_by_name(monkeypatch, fresh_default):
@@ -52,21 +53,22 @@ def test_float64_on_a_device_without_fp64_is_a_clear_error(monkeypatch):
 def test_build_failure_carries_log_options_and_source(monkeypatch, tmp_path):
     monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
     rt = runtime.get_runtime()
-    options = ("-DREAL=no_such_type", "-DACTIVATION=0")
+    options = ("-DPRECISION=16", "-DACTIVATION=0")
     with pytest.raises(BuildError) as info:
         rt.program("conv2d_direct.cl", options)
     err = info.value
     assert err.options == options
-    assert "no_such_type" in err.log
-    assert "-DREAL=no_such_type" in str(err) and err.source_path in str(err)
+    assert "PRECISION must be 32 or 64" in err.log  # the header's #error
+    assert "-DPRECISION=16" in str(err) and err.source_path in str(err)
     saved = open(err.source_path).read()
-    assert saved.startswith("// conv2d_direct.cl built with: -DREAL=no_such_type")
-    assert "#define REAL no_such_type" in saved
+    assert saved.startswith("// conv2d_direct.cl built with: -DPRECISION=16")
+    assert "#define PRECISION 16" in saved
+    assert "#ifndef CLATROUS_COMMON_H" in saved  # the header spliced in: the file replays alone
 
 
 def test_each_program_builds_once():
     rt = runtime.get_runtime()
-    options = ("-DREAL=float", "-DACTIVATION=1", "-DHAS_BIAS=1")
+    options = ("-DPRECISION=32", "-DACTIVATION=1", "-DHAS_BIAS=1")
     first = rt.program("conv2d_direct.cl", options)
     count = runtime.settings.build_count
     assert rt.program("conv2d_direct.cl", options) is first
@@ -75,5 +77,5 @@ def test_each_program_builds_once():
 
 def test_every_kernel_source_compiles_alone_with_its_defaults():
     rt = runtime.get_runtime()
-    for name in ("conv2d_direct", "conv2d_blocked", "conv2d_plane"):
+    for name in ("conv2d_direct", "conv2d_blocked", "conv2d_tiled", "conv2d_plane"):
         assert getattr(rt.program(f"{name}.cl", ()), name).num_args > 4

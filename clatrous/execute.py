@@ -1,0 +1,171 @@
+"""Running an operation: device checks, splitting, and launches ordered by events.
+
+:func:`run` is what every public operation calls with a validated
+:class:`clatrous.arguments.Prepared` call.  On device arrays it returns a
+device Array at once, carrying the event of the kernel that fills it
+(``result.events``), after enqueueing the kernel behind every event pending
+on its inputs; so the next operation, on any queue of the context, waits for
+it without the host waiting.  :func:`enqueue` is that step alone, with
+``wait_for`` events in and the kernel's event out, for operations made of
+several launches.
+
+With host arrays the call waits for the result, and never returns (not even
+by an exception or KeyboardInterrupt) while a kernel may still write into
+host memory it was handed.  Every command is ordered by events, so an
+out-of-order queue gives the same results.
+
+A problem too large for the device is split (see
+:mod:`clatrous.splitting`); its variant and configuration are chosen once,
+for the whole problem, and every piece runs with them, so a split result
+equals the one-piece result bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from . import params, splitting, staging
+from .arguments import Prepared, is_device_array
+from .errors import DeviceMemoryError, UnsupportedDeviceError
+from .launch import Launch, get_launch
+from .runtime import Runtime, get_runtime, settings
+from .variants import Operation
+
+__all__ = ["check_device", "enqueue", "limits", "run", "runtime_for"]
+
+
+def runtime_for(prepared: Prepared, device) -> Runtime:
+    """The runtime of ``x``'s queue when ``x`` is a device Array, else of ``device``."""
+    if is_device_array(prepared.x):
+        if device is not None and device is not prepared.x.queue:
+            raise ValueError("device must be left out when x is a pyopencl Array (x's queue is used)")
+        return get_runtime(prepared.x.queue)
+    return get_runtime(device)
+
+
+def check_device(runtime: Runtime, prepared: Prepared) -> None:
+    """What depends on the device: float64 support, and device arrays living there."""
+    if prepared.dtype == np.float64 and not runtime.info.fp64:
+        raise UnsupportedDeviceError(
+            f"x is float64 but device {runtime.info.name!r} ({runtime.info.platform}) has no "
+            "cl_khr_fp64; pass float32 data or choose another device"
+        )
+    for name in ("x", "kernel", "bias"):
+        value = getattr(prepared, name)
+        if not is_device_array(value):
+            continue
+        if value.dtype != prepared.dtype:
+            raise TypeError(f"{name} on the device must have dtype {prepared.dtype}, got {value.dtype}")
+        if not value.flags.c_contiguous:
+            raise ValueError(f"{name} on the device must be C-contiguous")
+        if value.context != runtime.context:
+            raise ValueError(f"{name} lives in another OpenCL context than the device used")
+
+
+def limits(runtime: Runtime) -> tuple[int, int]:
+    """(largest buffer, all of one launch's buffers together) for this device, as settings allow."""
+    max_alloc = settings.max_alloc_bytes or runtime.info.max_alloc
+    budget = settings.device_bytes or runtime.info.global_mem // 2
+    return max_alloc, budget
+
+
+def _poison(queue: cl.CommandQueue, buf, dtype: np.dtype, nbytes: int, wait_for: list) -> list:
+    if not settings.poison_outputs:
+        return wait_for
+    fill = cl.enqueue_fill_buffer(queue, buf, np.array(np.nan, dtype), 0, nbytes, wait_for=wait_for or None)
+    return [fill]
+
+
+def enqueue(
+    runtime: Runtime, launch: Launch, prepared: Prepared, out_shape: tuple[int, ...], wait_for=()
+) -> tuple[cl_array.Array, cl.Event]:
+    """Launch on device-resident output: (the result Array, the kernel's event).
+
+    Host ``kernel`` and ``bias`` are copied (the call returns before the
+    kernel runs); the kernel waits for ``wait_for`` and for every event
+    pending on device inputs; the result carries the kernel's event.
+    """
+    dtype, queue = prepared.dtype, runtime.queue
+    x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=False)
+    waits = [*wait_for, *waits]
+    w_buf, more = staging.weight_buffer(runtime, prepared.kernel, dtype, share=False)
+    waits += more
+    b_buf = None
+    if prepared.bias is not None:
+        b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=False)
+        waits += more
+    result = launch.device_result(queue, out_shape, dtype)
+    waits = _poison(queue, result.base_data, dtype, result.nbytes, waits)
+    event = launch.enqueue(queue, (x_buf, w_buf, b_buf, result.base_data), (x_offset,), waits)
+    result.add_event(event)
+    return result, event
+
+
+def _host_call(
+    runtime: Runtime, launch: Launch, prepared: Prepared, out_shape: tuple[int, ...]
+) -> np.ndarray:
+    """One launch on host arrays, read in place where possible; waits for the result."""
+    dtype, queue = prepared.dtype, runtime.queue
+    x_buf, x_offset, _ = staging.input_buffer(runtime, prepared.x, dtype, share=True)
+    w_buf, _ = staging.weight_buffer(runtime, prepared.kernel, dtype, share=True)
+    b_buf = (
+        None if prepared.bias is None else staging.weight_buffer(runtime, prepared.bias, dtype, share=True)[0]
+    )
+    result, y_buf, shared = staging.host_output(runtime, out_shape, dtype)
+    pending: list[cl.Event] = []
+    try:
+        pending = _poison(queue, y_buf, dtype, result.nbytes, [])
+        pending = [launch.enqueue(queue, (x_buf, w_buf, b_buf, y_buf), (x_offset,), pending)]
+        staging.read_back(queue, result, y_buf, shared, pending)
+    except BaseException:
+        # The kernel may be reading the caller's arrays and writing ``result``
+        # in place: never leave before it is done with them.
+        for event in pending:
+            event.wait()
+        raise
+    return result
+
+
+def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choice):
+    launch = get_launch(runtime, op, prepared, choice)
+    try:
+        if is_device_array(prepared.x):
+            return enqueue(runtime, launch, prepared, out_shape)[0]
+        return _host_call(runtime, launch, prepared, out_shape)
+    except cl.MemoryError as exc:
+        g = prepared.geometry
+        raise DeviceMemoryError(
+            f"the device {runtime.info.name!r} could not hold a convolution of x {(g.n, g.h, g.w, g.cin)} "
+            f"into {g.output_shape} ({exc}); lower clatrous.runtime.settings.device_bytes to split it further"
+        ) from None
+
+
+def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...]):
+    """Compute ``prepared`` with ``op`` on ``device``: an ndarray, or a device Array for one."""
+    runtime = runtime_for(prepared, device)
+    check_device(runtime, prepared)
+    dtype = prepared.dtype
+    on_device = is_device_array(prepared.x)
+    if 0 in out_shape:
+        return cl_array.empty(runtime.queue, out_shape, dtype) if on_device else np.empty(out_shape, dtype)
+
+    choice = params.forced_choice()
+    g = prepared.geometry
+    pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), resident_input=on_device)
+    if len(pieces) == 1:
+        return _whole(runtime, op, prepared, out_shape, choice)
+
+    # Too large for one launch: one choice for the whole problem, then the
+    # pieces one after the other, each with the padding its position
+    # implies, into one host result.
+    if choice is None:
+        choice = params.choose(runtime.info, op, g, dtype)
+    result = np.empty(out_shape, dtype)
+    whole = result.reshape(g.output_shape)
+    x4 = np.asarray(prepared.x).reshape(g.n, g.h, g.w, g.cin)
+    for piece in pieces:
+        sub = splitting.sub_problem(prepared, x4, piece)
+        whole[piece.out_index] = _whole(runtime, op, sub, sub.geometry.output_shape, choice)
+    return result

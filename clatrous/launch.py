@@ -1,0 +1,147 @@
+"""Cached launches: a built kernel object per (operation, geometry, configuration), bounded.
+
+A :class:`Launch` is a :class:`clatrous.variants.Plan` with its own kernel
+object, whose scalar arguments are set once: setting a scalar costs
+microseconds on some drivers, so a call sets only the buffers (and the
+offsets where they changed), under the launch's lock, then enqueues.  The
+plan's argument count is checked against the kernel's own when it is built.
+
+Launches are kept per :class:`clatrous.runtime.Runtime` (so per queue), the
+:data:`MAX_LAUNCHES` most recently used of each; a repeated call builds
+nothing and allocates only its inputs and output.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from . import params
+from .arguments import Prepared
+from .errors import UnsupportedDeviceError
+from .runtime import Runtime, live_runtimes
+from .variants import Operation, Plan, make_plan
+
+__all__ = ["MAX_LAUNCHES", "SMALL_RESULT_BYTES", "Launch", "forget_launches", "get_launch"]
+
+#: Launches kept per queue, least recently used first out.
+MAX_LAUNCHES = 256
+#: A device result up to this size is made like a small array the launch
+#: keeps (see :meth:`Launch.device_result`).
+SMALL_RESULT_BYTES = 64 * 1024
+
+_INT_MAX = 2**31 - 1
+
+
+class Launch:
+    """A plan with its own kernel object, whose scalar arguments are set once."""
+
+    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like")
+
+    def __init__(self, runtime: Runtime, plan: Plan):
+        self.plan = plan
+        kernel = cl.Kernel(runtime.program(plan.source, plan.options), plan.kernel_name)
+        if kernel.num_args != plan.arg_count:
+            raise RuntimeError(
+                f"{plan.kernel_name} in {plan.source} takes {kernel.num_args} arguments, but its variant "
+                f"describes {plan.arg_count}: buffers {plan.buffers}, {len(plan.scalars)} scalars, "
+                f"offsets {plan.offsets}"
+            )
+        first = len(plan.buffers)
+        for index, value in enumerate(plan.scalars, start=first):
+            kernel.set_arg(index, value)
+        # The element offsets come last; set again only when a call's differ.
+        self.offsets = [0] * len(plan.offsets)
+        for index in range(len(plan.offsets)):
+            kernel.set_arg(first + len(plan.scalars) + index, np.int32(0))
+        self.kernel = kernel
+        self.lock = threading.Lock()
+        self.result_like = None
+
+    def device_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
+        """A new device Array for a result.
+
+        PyOpenCL's ``empty`` spends about 9 us checking the shape, while
+        ``empty_like`` of a kept array of that shape takes about 1 us: a tenth
+        of a small call's time (W1).  Only a small result keeps such a
+        template, so a launch holds at most :data:`SMALL_RESULT_BYTES` of device memory.
+        """
+        like = self.result_like
+        if like is not None and like.queue is queue and like.shape == shape and like.dtype == dtype:
+            return cl_array.empty_like(like)
+        result = cl_array.empty(queue, shape, dtype)
+        if result.nbytes <= SMALL_RESULT_BYTES:
+            self.result_like = cl_array.empty(queue, shape, dtype)
+        return result
+
+    def enqueue(self, queue: cl.CommandQueue, buffers, offsets=(), wait_for=None) -> cl.Event:
+        """Set the buffers (in the plan's order) and offsets, and enqueue the kernel after ``wait_for``."""
+        plan, kernel = self.plan, self.kernel
+        with self.lock:
+            if offsets:
+                base = len(plan.buffers) + len(plan.scalars)
+                for index, offset in enumerate(offsets):
+                    if offset != self.offsets[index]:
+                        if not 0 <= offset <= _INT_MAX:
+                            raise ValueError(
+                                f"{plan.offsets[index]} starts {offset} elements into its buffer"
+                            )
+                        kernel.set_arg(base + index, np.int32(offset))
+                        self.offsets[index] = offset
+            for index, buf in enumerate(buffers):
+                kernel.set_arg(index, buf)
+            return cl.enqueue_nd_range_kernel(
+                queue, kernel, plan.global_size, plan.local_size, wait_for=wait_for or None
+            )
+
+
+def forget_launches(runtime: Runtime | None = None) -> None:
+    """Drop the cached launches (of one runtime, or of all), so the next calls choose again."""
+    for rt in [runtime] if runtime is not None else live_runtimes():
+        with rt.launch_lock:
+            rt.launches.clear()
+
+
+def get_launch(
+    runtime: Runtime, op: Operation, prepared: Prepared, choice: tuple[str, dict] | None = None
+) -> Launch:
+    """The launch of ``op`` for this runtime and call, cached.
+
+    ``choice`` forces a (variant, configuration); otherwise
+    :func:`clatrous.params.choose` decides.
+    """
+    g = prepared.geometry
+    forced = None if choice is None else (choice[0], tuple(sorted(choice[1].items())))
+    key = (op.name, g, prepared.dtype, prepared.activation, prepared.bias is not None, forced)
+    cache = runtime.launches
+    with runtime.launch_lock:
+        launch = cache.get(key)
+        if launch is not None:
+            cache.move_to_end(key)
+            return launch
+    if choice is not None:
+        variant = op.variant(choice[0])
+        if not variant.valid(choice[1]):
+            raise ValueError(f"{choice[1]} is not a configuration of variant {variant.name!r}")
+        if not params.fits(runtime.info, variant, choice[1], prepared.dtype):
+            need = variant.local_bytes(variant.complete(choice[1]), prepared.dtype)
+            raise UnsupportedDeviceError(
+                f"{variant.name} {choice[1]} needs {need} bytes of local memory; "
+                f"device {runtime.info.name!r} has {runtime.info.local_mem}"
+            )
+        name, config = choice
+    else:
+        name, config = params.choose(runtime.info, op, g, prepared.dtype)
+    plan = make_plan(
+        op.variant(name), config, g, prepared.dtype, prepared.activation, prepared.bias is not None
+    )
+    launch = Launch(runtime, plan)
+    with runtime.launch_lock:
+        launch = cache.setdefault(key, launch)
+        cache.move_to_end(key)
+        while len(cache) > MAX_LAUNCHES:
+            cache.popitem(last=False)
+    return launch

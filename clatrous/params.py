@@ -1,0 +1,331 @@
+"""Which variant and configuration a launch uses: defaults per device, and the tuning database.
+
+The choice for an operation on a device and geometry comes from, in order:
+
+1. a choice forced for the current thread with :func:`forced` (the tuner,
+   the tests and the benchmark's naive-kernel row use it);
+2. the tuning database that ``python -m clatrous tune`` writes for this
+   device: a JSON file in the per-user cache folder (``tuning.json`` in
+   :func:`clatrous.runtime.cache_dir`), keyed by the device's platform,
+   vendor, name and driver, then by the operation's class (dtype, channels,
+   kernel size, strides, dilation);
+3. the operation's table of defaults (:func:`conv2d_defaults` for the dense
+   convolution), which depends on the device kind, the dtype and the
+   channel counts.
+
+The database is data, never code.  Only a regular file of at most
+:data:`MAX_DATABASE_BYTES` is read; it is parsed as JSON; an entry is used
+only when its variant belongs to the operation and its configuration is
+valid for that variant (:meth:`clatrous.variants.Variant.valid`) and fits the
+device.  A file that cannot be read or parsed is ignored and replaced by the
+next tuning run.  Entries this version does not understand are kept, never
+used and written back untouched; a file written by a newer schema is never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import ConvGeometry
+from .runtime import DeviceInfo, cache_dir
+from .variants import Operation, Variant, tiled_spans, variant_names
+
+__all__ = [
+    "MAX_DATABASE_BYTES",
+    "DatabaseError",
+    "choose",
+    "class_key",
+    "conv2d_defaults",
+    "database_path",
+    "fits",
+    "forced",
+    "forced_choice",
+    "forget_cached_database",
+    "load_database",
+    "search_candidates",
+    "store",
+]
+
+SCHEMA = 1
+#: A tuning database larger than this is not read (it is ignored, as a corrupt one).
+MAX_DATABASE_BYTES = 4 * 2**20
+
+
+class DatabaseError(OSError):
+    """The tuning database could not be written (the message says where and why)."""
+
+
+# ---------------------------------------------------------------- forced choices
+
+_forced = threading.local()
+
+
+@contextlib.contextmanager
+def forced(variant: str, config: dict):
+    """Within the block, this thread's launches use ``variant`` with ``config``.
+
+    >>> from clatrous import params
+    >>> with params.forced("direct", {}):
+    ...     pass  # clatrous.conv2d(...) here runs the direct kernel
+    """
+    before = getattr(_forced, "choice", None)
+    _forced.choice = (variant, dict(config))
+    try:
+        yield
+    finally:
+        _forced.choice = before
+
+
+def forced_choice() -> tuple[str, dict] | None:
+    """The (variant, configuration) forced on this thread, or None."""
+    return getattr(_forced, "choice", None)
+
+
+# ---------------------------------------------------------------- defaults
+
+# Widest vector along the output channels, per device kind and element size.
+# CPUs: a full AVX-512 register; GPUs: 4 (one 128-bit load per work-item).
+_L2_BYTES = 1 << 20
+_MAX_VW = {("cpu", 4): 16, ("cpu", 8): 8, ("gpu", 4): 4, ("gpu", 8): 2, ("other", 4): 4, ("other", 8): 4}
+
+
+def fits(info: DeviceInfo, variant: Variant, config: dict, dtype: np.dtype) -> bool:
+    """Whether the device has the resources (local memory) ``variant`` with ``config`` needs."""
+    return variant.local_bytes(variant.complete(config), dtype) <= info.local_mem
+
+
+def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:
+    """The dense convolution's table of defaults: (variant, configuration) for a device and shape."""
+    from .variants import TILED  # the one variant whose default depends on its own space
+
+    itemsize = np.dtype(dtype).itemsize
+    if g.cin == 1 and g.cout == 1:
+        if info.kind == "cpu":
+            return "plane", {"VW": 16 if itemsize == 4 else 8, "RB": 4}
+        return "plane", {"VW": 4, "RB": 2}
+    max_vw = _MAX_VW.get((info.kind, itemsize), 4)
+    vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cout % v == 0)
+    if info.kind != "cpu":
+        return "blocked", {"VW": vw, "NV": max(1, min(2, g.cout // vw)), "PX": 2}
+    # Up to 64 output channels per work-item (tuned on W3, W4 and W6: 4
+    # vectors of 16 beat 2 of 16), with fewer pixels to keep the accumulators
+    # in registers.
+    nv = max(v for v in (1, 2, 4) if v <= max(1, min(4, g.cout // vw, 64 // vw)))
+    # On a CPU, a work-item of the blocked kernel streams all its weights
+    # (kh*kw*cin*VW*NV elements) from memory; past the size of a core's L2 the
+    # channel-tiled kernel, which keeps a slice of them in cache for many
+    # pixels, wins.
+    weights = g.kh * g.kw * g.cin * vw * nv * itemsize
+    if weights > _L2_BYTES and vw >= 8 and g.cin >= 64:
+        tiled = _tiled_default(info, TILED, g, vw, nv, dtype)
+        if tiled is not None:
+            return "tiled", tiled
+    return "blocked", {"VW": vw, "NV": nv, "PX": 4 if nv * vw >= 64 else 6}
+
+
+def _tiled_default(
+    info: DeviceInfo, tiled: Variant, g: ConvGeometry, vw: int, nv: int, dtype: np.dtype
+) -> dict | None:
+    """As many pixels per work-item as leave a few work-items per core.
+
+    Each work-item reads its weights once, so the more pixels it covers the
+    less weight traffic: on W3, one row per work-item was 1.4x slower than
+    half the map.  None when the device's local memory is too small for even
+    a few blocks of partial sums.
+    """
+    px = 6
+    channel_blocks = -(-g.cout // (vw * nv))
+
+    def work_items(span):
+        nb, rw = span
+        return channel_blocks * -(-g.wo // (nb * px)) * g.n * -(-g.ho // rw)
+
+    def config(span):
+        return {"VW": vw, "NV": nv, "PX": px, "CT": 64, "NB": span[0], "RW": span[1]}
+
+    block_bytes = px * nv * vw * np.dtype(dtype).itemsize
+    spans = [s for s in tiled_spans(g, px, block_bytes) if fits(info, tiled, config(s), dtype)]
+    if not spans:
+        return None
+    enough = [s for s in spans if work_items(s) >= 4 * max(1, info.compute_units)]
+    if enough:
+        return config(max(enough, key=lambda s: (s[0] * s[1], s[0])))
+    return config(max(spans, key=work_items))
+
+
+def search_candidates(
+    info: DeviceInfo, op: Operation, g: ConvGeometry, dtype: np.dtype
+) -> list[tuple[str, dict]]:
+    """Every (variant, configuration) the tuner may try, and so pick, for ``g`` on this device."""
+    return [
+        (variant.name, config)
+        for variant in op.variants
+        for config in variant.candidates(g, dtype)
+        if fits(info, variant, config, dtype)
+    ]
+
+
+# ---------------------------------------------------------------- database
+
+
+def database_path() -> Path:
+    return cache_dir() / "tuning.json"
+
+
+def class_key(op: Operation, g: ConvGeometry, dtype: np.dtype) -> str:
+    """Calls that share this key share a tuned configuration."""
+    key = f"{np.dtype(dtype).name} cin={g.cin} cout={g.cout} k={g.kh}x{g.kw} s={g.sh}x{g.sw} d={g.dh}x{g.dw}"
+    return key if op.name == "conv2d" else f"{op.name} {key}"
+
+
+def _read_raw(path: Path):
+    """The parsed file, or None: only a regular file, of bounded size, that parses as JSON.
+
+    Opened without blocking, so a FIFO in its place answers at once, and
+    checked to be a regular file after opening (a link to ``/dev/zero`` is
+    a character device).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_DATABASE_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_DATABASE_BYTES + 1)
+        if len(data) > MAX_DATABASE_BYTES:
+            return None
+        return json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    finally:
+        os.close(fd)
+
+
+def _valid_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and entry.get("variant") in variant_names()
+        and isinstance(entry.get("config"), dict)
+        and all(isinstance(k, str) and type(v) is int for k, v in entry["config"].items())
+    )
+
+
+def load_database(path: Path | None = None) -> dict:
+    """The usable part of the database, ``{device key: {class key: entry}}``; empty if absent or corrupt.
+
+    An entry is kept here when it has the form of one (the name of a variant
+    this version defines and a configuration of ints); whether it may run is
+    decided at :func:`choose`.
+    """
+    data = _read_raw(path or database_path())
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != SCHEMA
+        or not isinstance(data.get("devices"), dict)
+    ):
+        return {}
+    clean = {}
+    for device, entries in data["devices"].items():
+        if isinstance(device, str) and isinstance(entries, dict):
+            clean[device] = {k: e for k, e in entries.items() if isinstance(k, str) and _valid_entry(e)}
+    return clean
+
+
+_db_lock = threading.Lock()
+_db_cache: dict | None = None
+
+
+def _database() -> dict:
+    global _db_cache
+    with _db_lock:
+        if _db_cache is None:
+            _db_cache = load_database()
+        return _db_cache
+
+
+def forget_cached_database() -> None:
+    """Re-read the database file on the next lookup (after another process tuned)."""
+    global _db_cache
+    with _db_lock:
+        _db_cache = None
+
+
+def store(device_key: str, key: str, entry: dict, path: Path | None = None) -> Path:
+    """Add one entry and rewrite the file atomically (a crash leaves the old file).
+
+    Everything else in the file is kept as it was, entries this version does
+    not understand included, and so are the file's permission bits.  Raises
+    :class:`DatabaseError`, naming the path, when the file holds a newer
+    schema or cannot be written; no temporary file is left behind.
+    """
+    global _db_cache
+    path = path or database_path()
+    with _db_lock:
+        raw = _read_raw(path)
+        if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA:
+            raise DatabaseError(
+                f"{path} was written by a newer clatrous (schema {raw['schema']}, this one writes "
+                f"{SCHEMA}); not overwriting it: set CLATROUS_CACHE_DIR to tune into another folder"
+            )
+        if not (
+            isinstance(raw, dict) and raw.get("schema") == SCHEMA and isinstance(raw.get("devices"), dict)
+        ):
+            raw = {"schema": SCHEMA, "devices": {}}  # absent or corrupt: rebuilt
+        devices = raw["devices"]
+        if not isinstance(devices.get(device_key), dict):
+            devices[device_key] = {}
+        devices[device_key][key] = entry
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
+        except OSError:
+            mode = None
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(raw, f, indent=1, sort_keys=True)
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            raise DatabaseError(f"could not write the tuning database {path}: {exc}") from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        _db_cache = None  # re-read, through the same checks, on the next lookup
+    return path
+
+
+def choose(info: DeviceInfo, op: Operation, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:
+    """The (variant, configuration) a launch of ``op`` on ``info`` uses for ``g``.
+
+    A tuned entry applies to every geometry of its class on which its
+    configuration can run, whatever the image size.
+    """
+    entry = _database().get(info.key, {}).get(class_key(op, g, dtype))
+    if entry is not None:
+        variant = op.by_name.get(entry["variant"])
+        config = entry["config"]
+        if (
+            variant is not None
+            and variant.valid(config)
+            and variant.applies(g, variant.complete(config))
+            and fits(info, variant, config, dtype)
+        ):
+            return variant.name, dict(config)
+    return op.defaults(info, g, dtype)

@@ -1,0 +1,160 @@
+"""Host staging: the buffers a launch reads and writes, aligned copies, and the read-back.
+
+A device ``pyopencl.array.Array`` is used as it is (a view with an offset
+too: the kernels take where it starts as an argument), and the events
+pending on it are handed on, so the launch waits for them.  A host array up
+to :data:`SMALL_BYTES` is copied to the device.  A larger one, on a device
+that computes in host memory (a CPU), is read in place when the call waits
+for its kernel: from its own address when it is 128-byte aligned, else from
+the aligned address just before it; anything else (another dtype, not
+contiguous) is first copied into aligned memory.  Nothing here writes to a
+caller's array.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import pyopencl as cl
+
+from .arguments import is_device_array
+from .runtime import Runtime
+
+__all__ = [
+    "ALIGN",
+    "SMALL_BYTES",
+    "aligned_copy",
+    "aligned_empty",
+    "host_output",
+    "input_buffer",
+    "read_back",
+]
+
+_MF = cl.mem_flags
+# Devices that compute in host memory (CPUs) use a host array in place when
+# it starts on this boundary (CL_DEVICE_MEM_BASE_ADDR_ALIGN on common drivers).
+# Anything else is first copied to such memory: handing PoCL an unaligned
+# array to copy made the W6 kernel 4x slower than the copy itself.
+ALIGN = 128
+# Arrays up to this size are simply copied to and from the device: on PoCL,
+# sharing and mapping a buffer costs about 15 us more per call than copying a
+# few kilobytes (W1, the notebook's 4x4 matrix, is all launch overhead).
+SMALL_BYTES = 64 * 1024
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on an :data:`ALIGN`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(value, dtype) -> np.ndarray:
+    """A C-contiguous copy of ``value`` in ``dtype``, in memory a CPU device can share."""
+    value = np.asarray(value)
+    out = aligned_empty(value.shape, np.dtype(dtype))
+    np.copyto(out, value, casting="unsafe")
+    return out
+
+
+def _pending(value) -> list[cl.Event]:
+    return list(value.events) if value.events else []
+
+
+def weight_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> tuple[object, list]:
+    """A read-only buffer of ``value`` as contiguous ``dtype``, and the events to wait for.
+
+    ``share`` lets a CPU device read a host array in place; only a call that
+    waits for its kernel may share, since the caller (or the garbage
+    collector) is free to change or free the array once the call returns.
+    """
+    if is_device_array(value):
+        if value.offset == 0:
+            return value.base_data, _pending(value)
+        # A view with an offset: copy on the device so vector loads stay aligned.
+        buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
+        event = cl.enqueue_copy(
+            runtime.queue,
+            buf,
+            value.base_data,
+            src_offset=value.offset,
+            byte_count=value.nbytes,
+            wait_for=_pending(value) or None,
+        )
+        return buf, [event]
+    value = np.asarray(value)
+    if not runtime.info.host_memory or value.size * dtype.itemsize <= SMALL_BYTES:
+        host = np.ascontiguousarray(value, dtype=dtype)
+        return cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.COPY_HOST_PTR, hostbuf=host), []
+    ready = (
+        value.dtype == dtype
+        and value.flags.c_contiguous
+        and value.flags.writeable  # PyOpenCL shares only writable memory
+        and value.ctypes.data % ALIGN == 0
+    )
+    if not ready:
+        value = aligned_copy(value, dtype)
+    # COPY_HOST_PTR copies before clCreateBuffer returns, so nothing of the
+    # host array is read after this call.
+    flags = _MF.USE_HOST_PTR if share else _MF.COPY_HOST_PTR
+    return cl.Buffer(runtime.context, _MF.READ_ONLY | flags, hostbuf=value), []
+
+
+def input_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> tuple[object, int, list]:
+    """The buffer the kernel reads ``value`` from, the element where it starts there, and events to wait for.
+
+    The kernels take this offset as an argument, so a device view with an
+    offset is read in place, and so is a large host array that is not
+    aligned (or not writable): the buffer then starts at the aligned address
+    just before it, in the same memory page.  Anything else goes through
+    :func:`weight_buffer`.
+    """
+    if is_device_array(value):
+        return value.base_data, value.offset // dtype.itemsize, _pending(value)
+    value = np.asarray(value)
+    if (
+        share
+        and runtime.info.host_memory
+        and value.size * dtype.itemsize > SMALL_BYTES
+        and value.dtype == dtype
+        and value.flags.c_contiguous
+    ):
+        start = value.ctypes.data % ALIGN
+        if (start or not value.flags.writeable) and start % dtype.itemsize == 0:
+            # (An aligned, writable array is shared as it is by weight_buffer.)
+            # A view of the memory from the aligned address on; only the part
+            # from ``start`` on is read, and only while the caller waits for
+            # the call, holding ``value``.
+            memory = (ctypes.c_char * (start + value.nbytes)).from_address(value.ctypes.data - start)
+            buf = cl.Buffer(runtime.context, _MF.READ_ONLY | _MF.USE_HOST_PTR, hostbuf=memory)
+            return buf, start // dtype.itemsize, []
+    buf, events = weight_buffer(runtime, value, dtype, share=share)
+    return buf, 0, events
+
+
+def host_output(runtime: Runtime, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, object, bool]:
+    """(result array, the buffer the kernel writes, whether that buffer is the result's memory)."""
+    if runtime.info.host_memory and math.prod(shape) * dtype.itemsize > SMALL_BYTES:
+        result = aligned_empty(shape, dtype)
+        return result, cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result), True
+    result = np.empty(shape, dtype)
+    return result, cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes), False
+
+
+def read_back(queue: cl.CommandQueue, result: np.ndarray, buf, shared: bool, wait_for: list) -> None:
+    """Bring the kernel's output into ``result``, once ``wait_for`` has completed; blocks."""
+    if shared:
+        # Mapping makes the device's writes visible in ``result`` (no copy
+        # when the driver used the host memory in place); then unmap.
+        mapped, _ = cl.enqueue_map_buffer(
+            queue, buf, cl.map_flags.READ, 0, result.shape, result.dtype, wait_for=wait_for, is_blocking=True
+        )
+        if mapped.ctypes.data != result.ctypes.data:
+            np.copyto(result, mapped)
+        mapped.base.release(queue)
+    else:
+        cl.enqueue_copy(queue, result, buf, wait_for=wait_for, is_blocking=True)
