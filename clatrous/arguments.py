@@ -68,6 +68,12 @@ def _as_array(value, name: str) -> np.ndarray:
         return value
     if isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    if isinstance(value, np.ma.MaskedArray):
+        # Converting would silently compute with the hidden values.
+        raise TypeError(
+            f"{name} is a masked array, whose mask a convolution cannot honour; pass "
+            f"{name}.filled(value) with the value the masked elements should have"
+        )
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:

@@ -113,6 +113,30 @@ def normalize_padding(padding, ndim: int):
     return _explicit_padding(padding, ndim)
 
 
+#: The kernels index with 32-bit ints; every geometry value, and the sum of
+#: any two, must fit.  Keeping each below 2**30 proves it.
+INDEX_LIMIT = 2**30
+
+
+def _check_index_range(spatial, ksize, strides, dilation, pads, padding) -> None:
+    """Refuse geometry whose indices could pass the kernels' 32-bit range, naming the argument."""
+    for name, values, given in (("strides", strides, strides), ("dilation_rate", dilation, dilation)):
+        if any(v > INDEX_LIMIT for v in values):
+            raise ValueError(f"{name} must be at most {INDEX_LIMIT} (2**30), got {given!r}")
+    for k, d in zip(ksize, dilation, strict=True):
+        if d * (k - 1) > INDEX_LIMIT:
+            raise ValueError(
+                f"dilation_rate {tuple(dilation)} spreads a kernel of size {tuple(ksize)} over more than "
+                f"{INDEX_LIMIT} (2**30) elements"
+            )
+    for size, (p0, p1) in zip(spatial, pads, strict=True):
+        if max(p0, p1) > INDEX_LIMIT or size + p0 + p1 > INDEX_LIMIT:
+            raise ValueError(
+                f"padding {padding!r} (resolved to {tuple(pads)}) makes a padded size of more than "
+                f"{INDEX_LIMIT} (2**30) elements"
+            )
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Every size a 2-D dilated convolution needs, resolved and validated.
@@ -206,6 +230,7 @@ def conv_geometry(
     elif pads == "causal":  # everything on the left, as WaveNet and Keras Conv1D do
         pads = ((dilation[0] * (ksize[0] - 1), 0),)
 
+    _check_index_range(spatial, ksize, strides, dilation, pads, padding)
     outs = tuple(
         output_length(size, k, s, d, p0, p1)
         for size, k, s, d, (p0, p1) in zip(spatial, ksize, strides, dilation, pads, strict=True)

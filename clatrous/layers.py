@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import threading
 
 import numpy as np
 
@@ -82,29 +83,47 @@ class Conv2D:
         self.device = device
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
+        # Building and replacing the weights, and reading them for a call,
+        # happen under this lock: an unbuilt layer called from many threads
+        # builds once, and no call sees one weight new and the other old.
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
 
     @property
     def built(self) -> bool:
         return self.kernel is not None
 
-    def _input_channels(self, input_shape) -> int:
-        shape = tuple(input_shape)
+    @staticmethod
+    def _shape(input_shape) -> tuple:
+        """``input_shape`` as a 4-tuple of sizes, each None or a non-negative int (channels positive)."""
+        try:
+            shape = tuple(input_shape)
+        except TypeError:
+            raise TypeError(f"input_shape must be a sequence (N, H, W, C_in), got {input_shape!r}") from None
         if len(shape) != 4:
             raise ValueError(f"input_shape must be (N, H, W, C_in), got {input_shape!r}")
-        channels = shape[-1]
-        if not isinstance(channels, numbers.Integral) or channels < 1:
+        for size in shape:
+            if size is not None and (
+                not isinstance(size, numbers.Integral) or isinstance(size, (bool, np.bool_))
+            ):
+                raise TypeError(f"input_shape must hold ints or None, got {input_shape!r}")
+            if size is not None and size < 0:
+                raise ValueError(f"input_shape must hold non-negative sizes, got {input_shape!r}")
+        if shape[-1] is None or shape[-1] < 1:
             raise ValueError(f"input_shape must end with a positive channel count, got {input_shape!r}")
-        return int(channels)
+        return tuple(None if size is None else int(size) for size in shape)
 
     def build(self, input_shape) -> None:
         """Create the weights for inputs of ``input_shape`` (only C_in matters)."""
-        cin = self._input_channels(input_shape)
+        cin = self._shape(input_shape)[-1]
         kh, kw = self.kernel_size
         fan_in, fan_out = kh * kw * cin, kh * kw * self.filters
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         rng = np.random.default_rng()
-        self.kernel = aligned_copy(rng.uniform(-limit, limit, (kh, kw, cin, self.filters)), self.dtype)
-        self.bias = aligned_copy(np.zeros(self.filters), self.dtype) if self.use_bias else None
+        kernel = aligned_copy(rng.uniform(-limit, limit, (kh, kw, cin, self.filters)), self.dtype)
+        bias = aligned_copy(np.zeros(self.filters), self.dtype) if self.use_bias else None
+        with self._lock:
+            self.bias, self.kernel = bias, kernel
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -143,8 +162,9 @@ class Conv2D:
                 raise ValueError(f"bias weights must have shape {(self.filters,)}, got {bias.shape}")
             bias = aligned_copy(bias, self.dtype)
         # The layer's own copies, aligned so that a CPU device reads them in place.
-        self.kernel = aligned_copy(kernel, self.dtype)
-        self.bias = bias
+        kernel = aligned_copy(kernel, self.dtype)
+        with self._lock:
+            self.bias, self.kernel = bias, kernel
 
     def __call__(self, x):
         """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray."""
@@ -154,12 +174,18 @@ class Conv2D:
                 x = x.astype(self.dtype, copy=False)
         if len(x.shape) != 4:
             raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
-        if not self.built:
-            self.build(x.shape)
+        with self._lock:
+            kernel, bias = self.kernel, self.bias
+        if kernel is None:
+            with self._build_lock:  # the first call builds, once; the others wait for it
+                if not self.built:
+                    self.build(x.shape)
+            with self._lock:
+                kernel, bias = self.kernel, self.bias
         out = conv2d(
             x,
-            self.kernel,
-            self.bias,
+            kernel,
+            bias,
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
@@ -170,9 +196,7 @@ class Conv2D:
 
     def compute_output_shape(self, input_shape) -> tuple:
         """Output shape for ``input_shape`` (N, H, W, C_in); unknown sizes stay ``None``."""
-        shape = tuple(input_shape)
-        if len(shape) != 4:
-            raise ValueError(f"input_shape must be (N, H, W, C_in), got {input_shape!r}")
+        shape = self._shape(input_shape)
         spatial = []
         for axis in range(2):
             n = shape[1 + axis]

@@ -164,7 +164,12 @@ def dilate(kernel, rate) -> np.ndarray:
     """
     from .geometry import normalize_tuple
 
-    arr = np.asarray(kernel)
+    if isinstance(kernel, np.ma.MaskedArray):
+        raise TypeError("kernel is a masked array; pass kernel.filled(value)")
+    try:
+        arr = np.asarray(kernel)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"kernel must be an array of numbers, could not convert it: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"kernel must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim == 0:

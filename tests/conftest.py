@@ -12,6 +12,7 @@ import os
 import re
 
 import pytest
+from helpers import on_oclgrind
 from hypothesis import HealthCheck, settings
 
 from clatrous import runtime
@@ -55,10 +56,6 @@ def default_device_under_test(cl_device):
     runtime.set_default_device(cl_device)
     yield cl_device
     runtime.set_default_device(before)
-
-
-def on_oclgrind() -> bool:
-    return "oclgrind" in runtime.get_runtime().info.platform.lower()
 
 
 @pytest.fixture(autouse=True)

@@ -47,3 +47,8 @@ def forced_call(choice, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     with params.forced(*choice):
         return fn(*args, **kwargs)
+
+
+def on_oclgrind() -> bool:
+    """Whether the device under test is the Oclgrind simulator (slow: tests shrink their shapes)."""
+    return "oclgrind" in runtime.get_runtime().info.platform.lower()

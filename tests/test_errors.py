@@ -56,6 +56,13 @@ CASES = [
     (dict(x=np.ones((1, 0, 8, 2))), ValueError, ["x", "spatial", "(1, 0, 8, 2)"]),
     (dict(x=np.ones((1, 8, 8, 0)), kernel=np.ones((3, 3, 0, 4))), ValueError, ["x", "channel"]),
     (dict(kernel=np.ones((0, 3, 2, 4))), ValueError, ["kernel", "spatial"]),
+    # Found by the adversarial pass: OverflowError from inside the launch code.
+    (dict(strides=2**31), ValueError, ["strides", "2**30"]),
+    (dict(dilation_rate=2**40, padding="same"), ValueError, ["dilation_rate", "2**30"]),
+    (dict(padding=2**31), ValueError, ["padding", "2**30"]),
+    (dict(padding=((0, 2**31), (0, 0))), ValueError, ["padding", "2**30"]),
+    (dict(x=np.ma.masked_array(X, mask=X > 0)), TypeError, ["x", "masked", ".filled("]),
+    (dict(kernel=np.ma.masked_array(K)), TypeError, ["kernel", "masked"]),
 ]
 
 
@@ -86,6 +93,9 @@ def test_bad_device_argument():
         (dict(strides=(1, 1)), ValueError, ["strides", "(1, 1)"]),
         (dict(dilation_rate=0), ValueError, ["dilation_rate"]),
         (dict(kernel=np.ones((3, 3, 2, 1))), ValueError, ["kernel", "3-D"]),
+        (dict(dilation_rate=2**30, padding="causal"), ValueError, ["dilation_rate", "2**30"]),
+        (dict(dilation_rate=2**29, padding="causal"), ValueError, ["padding", "'causal'", "2**30"]),
+        (dict(x=np.ma.masked_array(np.ones((1, 10, 2)))), TypeError, ["x", "masked"]),
     ],
 )
 def test_conv1d_rejects_bad_input(kwargs, error, words, no_opencl):
@@ -113,6 +123,41 @@ def test_layer_rejects_bad_arguments(args, error, word):
         clatrous.Conv2D(*args)
 
 
+def test_indices_past_32_bits_are_refused_not_wrapped(no_opencl):
+    # Found by the adversarial pass: this returned 30003 instead of 3 on every variant.
+    kernel = np.array([1, 10, 100, 1000, 10000.0]).reshape(5, 1, 1)
+    with pytest.raises(ValueError, match="dilation_rate"):
+        clatrous.conv1d([[[3.0]]], kernel, dilation_rate=2**30, padding=(0, 2**32))
+    with pytest.raises(ValueError, match="padding"):
+        clatrous.conv1d([[[3.0]]], kernel, dilation_rate=2**20, padding=(0, 2**32))
+
+
+def test_the_largest_geometry_allowed_computes_right():
+    kernel = np.array([1, 10, 100, 1000, 10000.0]).reshape(5, 1, 1)
+    kwargs = dict(dilation_rate=2**27, padding=(0, 2**29))  # extent 2**29 + 1: only the first tap is real
+    out = clatrous.conv1d(np.full((1, 1, 1), 3.0, np.float32), kernel, **kwargs)
+    np.testing.assert_array_equal(out, [[[3.0]]])
+    np.testing.assert_array_equal(
+        reference.conv1d(np.full((1, 1, 1), 3.0, np.float32), kernel, **kwargs), out
+    )
+
+
+@pytest.mark.parametrize(
+    "input_shape, error",
+    [(4, TypeError), ((None, 4, 4, True), TypeError), ((1, 4.0, 4, 2), TypeError), ((1, 4, 4), ValueError),
+     ((1, -1, 4, 2), ValueError), ((1, 4, 4, 0), ValueError)],
+)  # fmt: skip
+def test_layer_shapes_are_checked(input_shape, error):
+    # Found by the adversarial pass: build(4) said "'int' object is not
+    # iterable", a bool channel count was accepted, and a float size came back.
+    layer = clatrous.Conv2D(2, 3)
+    with pytest.raises(error, match="input_shape"):
+        layer.build(input_shape)
+    with pytest.raises(error, match="input_shape"):
+        layer.compute_output_shape(input_shape)
+    assert layer.compute_output_shape((1, 4, 4, 2)) == (1, 2, 2, 2)
+
+
 def test_layer_rejects_bad_weights_and_inputs(no_opencl):
     layer = clatrous.Conv2D(4, 3)
     layer.build((1, 8, 8, 2))
@@ -138,6 +183,8 @@ def test_layer_rejects_bad_weights_and_inputs(no_opencl):
         ([[1, 2]], (2, 2, 2), ValueError),
         (np.ones((2, 2), complex), 2, TypeError),
         (5, 2, ValueError),
+        ([[1, 2], [3]], 2, TypeError),  # numpy's own error used to escape, naming nothing
+        (np.ma.masked_array([[1.0, 2.0]]), 2, TypeError),
     ],
 )
 def test_dilate_rejects_bad_input(kernel, rate, error):

@@ -353,3 +353,48 @@ def test_fuzz_layer(filters, kernel_size, x, use_bias, activation, padding):
     )  # fmt: skip
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=2e-3, atol=2e-3 * (1 + np.abs(expected).max(initial=0)))
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+@pytest.mark.parametrize("choice", CHOICES + [("plane", {"VW": 8, "RB": 4}), ("plane", {"VW": 4, "RB": 1})])
+def test_inf_and_nan_weights_next_to_the_padding_follow_one_rule(choice, split):
+    # Found by the adversarial pass: with an Inf weight, the reference gave
+    # NaN where it met a padded zero (0 * Inf) and the variants disagreed
+    # with it and with each other.  The rule: a padded tap contributes nothing.
+    rng = np.random.default_rng(31)
+    cin, cout = (1, 1) if choice[0] == "plane" else (40, 16)
+    x = rng.standard_normal((2, 11, 23, cin)).astype(np.float32)
+    k = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    k[0, 0, 0, 0] = np.inf  # top-left tap: in the padding along the top and left borders
+    if cout > 1:  # (one channel: the Inf alone, or few outputs would stay finite)
+        k[2, 2, -1, -1] = -np.inf  # bottom-right tap
+        k[0, 2, 0, -1] = np.nan  # top-right tap, of another output channel than the Inf one
+    kwargs = dict(padding="same", dilation_rate=(2, 3))
+    expected = reference.conv2d(x, k, **kwargs)
+    finite = np.isfinite(expected)
+    assert 0.05 < finite.mean() < 0.95  # both kinds of output really occur
+    try:
+        if split:
+            runtime.settings.max_alloc_bytes = max(k.nbytes + 64, 23 * cin * 4 * 6)
+        out = forced_call(choice, clatrous.conv2d, x, k, **kwargs)
+    finally:
+        runtime.settings.max_alloc_bytes = None
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_launch_and_context_caches_stay_bounded(monkeypatch):
+    # Found by the adversarial pass: 2000 distinct shapes kept 2001 kernels,
+    # and every Context passed as device= was kept forever.
+    monkeypatch.setattr(launch, "MAX_LAUNCHES", 8)
+    rt = runtime.get_runtime()
+    k = np.ones((2, 2, 1, 2), np.float32)
+    for w in range(3, 30):
+        clatrous.conv2d(np.ones((1, 4, w, 1), np.float32), k)
+    assert len(rt.launches) <= 8
+    for _ in range(runtime.MAX_CONTEXTS + 6):
+        clatrous.conv2d(np.ones((1, 4, 5, 1), np.float32), k, device=cl.Context([rt.device]))
+    assert len(runtime.live_runtimes()) <= runtime.MAX_CONTEXTS
+    ones = np.ones((1, 4, 5, 1), np.float32)
+    assert_matches_reference(clatrous.conv2d(ones, k), ones, k)

@@ -79,3 +79,20 @@ def test_every_kernel_source_compiles_alone_with_its_defaults():
     rt = runtime.get_runtime()
     for name in ("conv2d_direct", "conv2d_blocked", "conv2d_tiled", "conv2d_plane"):
         assert getattr(rt.program(f"{name}.cl", ()), name).num_args > 4
+
+
+def test_drivers_are_found_by_their_short_names(monkeypatch, fresh_default):
+    # Found by the adversarial pass: CLATROUS_DEVICE=pocl matched nothing
+    # (the platform calls itself "Portable Computing Language").
+    platforms = {p.name for _, _, p, _ in runtime.list_devices()}
+    if "Portable Computing Language" not in platforms:
+        pytest.skip("no PoCL platform here")
+    monkeypatch.setenv("CLATROUS_DEVICE", "pocl")
+    assert runtime.default_device().platform.name == "Portable Computing Language"
+
+
+def test_a_long_device_name_is_not_echoed_whole(monkeypatch, fresh_default):
+    monkeypatch.setenv("CLATROUS_DEVICE", "x" * 100_000)
+    with pytest.raises(DeviceNotFoundError) as info:
+        runtime.default_device()
+    assert len(str(info.value)) < 2000 and "100000 characters" in str(info.value)

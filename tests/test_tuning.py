@@ -288,3 +288,38 @@ def test_forced_choices_are_cached_per_configuration(cache):
     assert (default.plan.variant, dict(default.plan.config)) == params.choose(
         rt.info, CONV2D, prepared.geometry, np.float32
     )
+
+
+def _variant_like_direct(name, ndrange):
+    from clatrous.variants import DIRECT, Operation
+
+    variant = dataclasses.replace(DIRECT, name=name, ndrange=ndrange)
+    return Operation("test-" + name, (DIRECT, variant), reference.conv_prepared, CONV2D.defaults)
+
+
+def test_the_tuner_rejects_a_candidate_that_leaves_outputs_unwritten(cache):
+    # Found by the adversarial pass: the tuner did not poison its outputs, so
+    # a candidate that skipped elements passed on the previous candidate's values.
+    op = _variant_like_direct("lazy", lambda g, c: ((g.cout, g.wo, max(1, g.n * g.ho // 2)), None))
+    result = tuner.tune(
+        X_SHAPE,
+        K_SHAPE,
+        progress=False,
+        repeats=1,
+        op=op,
+        candidates=[("direct", {}), ("lazy", {})],
+        **GEOMETRY,
+    )
+    assert [r[0] for r in result.rejected] == ["lazy"] and "unwritten" in result.rejected[0][2]
+    assert result.winner[0] == "direct"
+
+
+def test_the_tuner_skips_a_candidate_that_fails_to_launch(cache):
+    # Found by the adversarial pass: such a candidate aborted the whole search.
+    op = _variant_like_direct("oversized", lambda g, c: ((g.cout, g.wo, g.n * g.ho), (1, 1, 1 << 20)))
+    result = tuner.tune(
+        X_SHAPE, K_SHAPE, progress=False, repeats=1, op=op, candidates=[("oversized", {}), ("direct", {})],
+        **GEOMETRY,
+    )  # fmt: skip
+    assert [r[0] for r in result.rejected] == ["oversized"] and "could not launch" in result.rejected[0][2]
+    assert result.winner[0] == "direct"

@@ -1,0 +1,146 @@
+"""Execution: launches ordered by events, out-of-order queues, interrupted calls, split problems.
+
+Each test here reproduces a finding of the adversarial pass (issue 16) and
+failed before its fix.
+"""
+
+import json
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+import pytest
+from helpers import assert_matches_reference, geometry_of, on_oclgrind
+
+import clatrous
+from clatrous import launch, params, reference, runtime, staging
+from clatrous.conv import CONV2D
+
+
+def _sizes():
+    """A layer slow enough that an unordered read would see it unfinished; small on the simulator."""
+    return (1, 10, 12, 4, 4) if on_oclgrind() else (1, 64, 64, 32, 32)
+
+
+def _problem(rng):
+    n, h, w, cin, cout = _sizes()
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    k1 = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    k2 = rng.standard_normal((3, 3, cout, 8)).astype(np.float32)
+    return x, k1, k2
+
+
+def test_device_results_carry_their_event_and_the_next_call_waits_for_it():
+    # Found by the adversarial pass: a result used on another queue of the
+    # same context was read before its kernel had finished (8 of 10 trials).
+    rt = runtime.get_runtime()
+    other = cl.CommandQueue(rt.context, rt.device)
+    x, k1, k2 = _problem(np.random.default_rng(21))
+    middle = reference.conv2d(x, k1, padding="same", dilation_rate=2)
+    x_dev = cl_array.to_device(rt.queue, x)
+    for _ in range(3 if on_oclgrind() else 6):
+        first = clatrous.conv2d(x_dev, k1, padding="same", dilation_rate=2)
+        assert first.events, "the result must carry the event of the kernel that fills it"
+        second = clatrous.conv2d(first.with_queue(other), k2, padding="same")
+        assert second.queue is other and second.events
+        assert_matches_reference(second.get(), middle, k2, padding="same")
+
+
+def _out_of_order_queue():
+    rt = runtime.get_runtime()
+    props = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
+    if not rt.device.queue_properties & props:
+        pytest.skip(f"{rt.info.name} has no out-of-order queues")
+    return cl.CommandQueue(rt.context, rt.device, properties=props)
+
+
+def test_out_of_order_queues_give_the_same_results():
+    # Found by the adversarial pass: on an out-of-order queue the read-back
+    # did not wait for the kernel (1 of 30 small host calls was wrong).
+    queue = _out_of_order_queue()
+    rng = np.random.default_rng(22)
+    for i in range(10 if on_oclgrind() else 30):
+        x = rng.standard_normal((1, 7 + i % 3, 9, 3)).astype(np.float32)
+        k = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+        out = clatrous.conv2d(x, k, padding="same", dilation_rate=2, device=queue)
+        assert_matches_reference(out, x, k, padding="same", dilation_rate=2)
+    # Device arrays chained on it, host kernel and bias, a view with an offset.
+    x, k1, k2 = _problem(rng)
+    x_dev = cl_array.to_device(queue, np.concatenate([x, x]))[1:]
+    bias = rng.standard_normal(k1.shape[-1]).astype(np.float32)
+    first = clatrous.conv2d(x_dev, k1, bias, padding="same", dilation_rate=3, activation="relu")
+    second = clatrous.conv2d(first, cl_array.to_device(queue, k2), padding="same")
+    middle = reference.conv2d(x, k1, bias, padding="same", dilation_rate=3, activation="relu")
+    assert_matches_reference(second.get(), middle, k2, padding="same")
+
+
+def test_an_interrupted_call_never_leaves_a_kernel_writing_into_host_memory(monkeypatch):
+    # Found by the adversarial pass: an exception (a KeyboardInterrupt, say)
+    # between the enqueue and the read-back unwound the call and freed the
+    # result that a CPU device's kernel was still writing in place (SIGSEGV).
+    enqueued = []
+    real = launch.Launch.enqueue
+
+    def spy(self, *args, **kwargs):
+        event = real(self, *args, **kwargs)
+        enqueued.append(event)
+        return event
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.Launch, "enqueue", spy)
+    monkeypatch.setattr(staging, "read_back", interrupted)
+    x, k1, _ = _problem(np.random.default_rng(23))
+    with pytest.raises(KeyboardInterrupt):
+        clatrous.conv2d(x, k1, padding="same", dilation_rate=2)
+    assert enqueued
+    complete = cl.command_execution_status.COMPLETE
+    assert all(event.command_execution_status == complete for event in enqueued)
+
+
+@pytest.fixture
+def tuned_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
+    params.forget_cached_database()
+    launch.forget_launches()
+    yield tmp_path
+    params.forget_cached_database()
+    launch.forget_launches()
+    runtime.settings.max_alloc_bytes = None
+
+
+def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(tuned_cache, monkeypatch):
+    # Found by the adversarial pass: a stored tiled configuration failed
+    # validation for a band's smaller size, so the bands ran another kernel
+    # and the split result differed from the one-piece result; and a tuned
+    # entry was ignored for any other image size of its class.
+    info = runtime.get_runtime().info
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((1, 15, 13, 40)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 40, 16)).astype(np.float32)
+    kwargs = dict(padding="same", dilation_rate=2)
+    g = geometry_of(x, k, **kwargs)
+    tiled = {"VW": 8, "NV": 2, "PX": 4, "CT": 16, "NB": 4, "RW": 16}  # spans more rows than a band has
+    assert params.fits(info, CONV2D.variant("tiled"), tiled, np.float32)
+    params.store(info.key, params.class_key(CONV2D, g, np.float32), {"variant": "tiled", "config": tiled})
+    other_size = geometry_of(np.ones((2, 40, 50, 40), np.float32), k, **kwargs)
+    assert params.choose(info, CONV2D, other_size, np.float32) == ("tiled", tiled)
+
+    ran = []
+    real = launch.Launch.enqueue
+
+    def spy(self, *args, **kwargs):
+        ran.append(self.plan.variant)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(launch.Launch, "enqueue", spy)
+    whole = clatrous.conv2d(x, k, **kwargs)
+    runtime.settings.max_alloc_bytes = 24000  # the kernel (23040 bytes) and about 11 input rows: bands
+    split = clatrous.conv2d(x, k, **kwargs)
+    runtime.settings.max_alloc_bytes = None
+    assert len(ran) > 2 and set(ran) == {"tiled"}
+    np.testing.assert_array_equal(split, whole)
+    assert_matches_reference(split, x, k, **kwargs)
+    stored = json.loads((tuned_cache / "tuning.json").read_text())
+    assert stored["schema"] == params.SCHEMA
