@@ -6,10 +6,12 @@ The public names:
 - :class:`Conv2D`: a Keras-like layer.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
+- :mod:`clatrous.params`: which kernel configuration runs (``params.forced``),
+  and the tuning database that ``python -m clatrous tune`` fills.
 - :func:`devices`, :func:`default_device`: which OpenCL devices are there.
 """
 
-from . import reference
+from . import params, reference
 from .conv import conv1d, conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
 from .layers import Conv2D
@@ -31,5 +33,6 @@ __all__ = [
     "default_device",
     "devices",
     "dilate",
+    "params",
     "reference",
 ]

@@ -232,6 +232,7 @@ def _preference(device: cl.Device) -> int:
 
 _default_lock = threading.Lock()
 _default: cl.Device | None = None
+_default_queue: cl.CommandQueue | None = None
 
 
 def usable_devices() -> list[cl.Device]:
@@ -263,15 +264,20 @@ def default_device() -> cl.Device:
         return _default
 
 
-def set_default_device(device: cl.Device | None) -> None:
+def set_default_device(device: cl.Device | cl.CommandQueue | None) -> None:
     """Make ``device`` the default of ``device=None`` calls; None chooses afresh.
 
-    For test suites and scripts that run the same code on several devices
-    (``tests/conftest.py`` runs every test on every device this way).
+    A CommandQueue makes ``device=None`` calls run on that very queue (the
+    test suite runs on an out-of-order queue this way).  For test suites and
+    scripts that run the same code on several devices (``tests/conftest.py``
+    runs every test on every device this way).
     """
-    global _default
+    global _default, _default_queue
     with _default_lock:
-        _default = device
+        if isinstance(device, cl.CommandQueue):
+            _default, _default_queue = device.device, device
+        else:
+            _default, _default_queue = device, None
 
 
 # ---------------------------------------------------------------- programs
@@ -441,7 +447,7 @@ def get_runtime(device=None) -> Runtime:
     :data:`MAX_CONTEXTS` most recently used; an older one is made anew.
     """
     if device is None:
-        device = default_device()
+        device = _default_queue or default_device()
     with _runtime_lock:
         if isinstance(device, cl.CommandQueue):
             queue = device

@@ -3,7 +3,8 @@
 Every test runs once per usable OpenCL device (PyOpenCL's
 ``pytest_generate_tests_for_pyopencl`` habit), or only on the device
 ``CLATROUS_DEVICE`` names (CI runs the suite once per implementation that
-way).  During a test that device is clatrous's default.  Outputs are filled
+way).  During a test that device is clatrous's default; with
+``CLATROUS_TEST_QUEUE=out-of-order``, an out-of-order queue of it is.  Outputs are filled
 with NaN before every launch, so an element a kernel forgets to write fails
 the comparison.
 """
@@ -11,11 +12,12 @@ the comparison.
 import os
 import re
 
+import pyopencl as cl
 import pytest
 from helpers import on_oclgrind
 from hypothesis import HealthCheck, settings
 
-from clatrous import runtime
+from clatrous import launch, params, runtime
 
 # "ci" (the default) draws the same examples on every run, so that CI's verdict
 # does not depend on luck; "thorough" explores afresh each time and more widely
@@ -49,11 +51,30 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("cl_device", devices, ids=[_label(d) for d in devices], scope="session")
 
 
+#: CLATROUS_TEST_QUEUE=out-of-order runs every test on an out-of-order queue
+#: of the device (CI does so for the sweep and the property tests).
+QUEUE_MODE = os.environ.get("CLATROUS_TEST_QUEUE", "in-order")
+_queues = {}
+
+
+def _default_for(device):
+    if QUEUE_MODE == "in-order":
+        return device
+    if QUEUE_MODE != "out-of-order":
+        raise pytest.UsageError(f"CLATROUS_TEST_QUEUE must be in-order or out-of-order, got {QUEUE_MODE!r}")
+    if device.int_ptr not in _queues:
+        props = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
+        if not device.queue_properties & props:
+            pytest.skip(f"{device.name} has no out-of-order queues")
+        _queues[device.int_ptr] = cl.CommandQueue(cl.Context([device]), device, properties=props)
+    return _queues[device.int_ptr]
+
+
 @pytest.fixture(autouse=True)
 def default_device_under_test(cl_device):
     """The device of this run of the test is clatrous's default while it runs."""
     before = runtime.default_device()
-    runtime.set_default_device(cl_device)
+    runtime.set_default_device(_default_for(cl_device))
     yield cl_device
     runtime.set_default_device(before)
 
@@ -97,3 +118,14 @@ def oclgrind_reports(request, default_device_under_test):
     err = capfd.readouterr().err
     if re.search(r"^\tKernel: ", err, re.MULTILINE):
         pytest.fail("Oclgrind reported an error:\n" + err[:6000], pytrace=False)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private cache folder (for the tuning database), with launches re-planned before and after."""
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
+    params.forget_cached_database()
+    launch.forget_launches()
+    yield tmp_path
+    params.forget_cached_database()
+    launch.forget_launches()

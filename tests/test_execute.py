@@ -99,18 +99,7 @@ def test_an_interrupted_call_never_leaves_a_kernel_writing_into_host_memory(monk
     assert all(event.command_execution_status == complete for event in enqueued)
 
 
-@pytest.fixture
-def tuned_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path))
-    params.forget_cached_database()
-    launch.forget_launches()
-    yield tmp_path
-    params.forget_cached_database()
-    launch.forget_launches()
-    runtime.settings.max_alloc_bytes = None
-
-
-def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(tuned_cache, monkeypatch):
+def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(cache, monkeypatch):
     # Found by the adversarial pass: a stored tiled configuration failed
     # validation for a band's smaller size, so the bands ran another kernel
     # and the split result differed from the one-piece result; and a tuned
@@ -136,11 +125,10 @@ def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(tuned_cache, 
 
     monkeypatch.setattr(launch.Launch, "enqueue", spy)
     whole = clatrous.conv2d(x, k, **kwargs)
-    runtime.settings.max_alloc_bytes = 24000  # the kernel (23040 bytes) and about 11 input rows: bands
+    monkeypatch.setattr(runtime.settings, "max_alloc_bytes", 24000)  # the kernel (23040 bytes), ~11 rows
     split = clatrous.conv2d(x, k, **kwargs)
-    runtime.settings.max_alloc_bytes = None
     assert len(ran) > 2 and set(ran) == {"tiled"}
     np.testing.assert_array_equal(split, whole)
     assert_matches_reference(split, x, k, **kwargs)
-    stored = json.loads((tuned_cache / "tuning.json").read_text())
+    stored = json.loads((cache / "tuning.json").read_text())
     assert stored["schema"] == params.SCHEMA

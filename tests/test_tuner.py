@@ -1,0 +1,169 @@
+"""The tuner: verified winners, what it rejects, its budget, its command line."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from helpers import assert_matches_reference, geometry_of
+
+import clatrous
+from clatrous import launch, params, reference, runtime, tuner
+from clatrous.arguments import prepare
+from clatrous.conv import CONV2D
+
+X_SHAPE, K_SHAPE = (1, 9, 10, 3), (3, 3, 3, 8)
+GEOMETRY = dict(padding="same", dilation_rate=2)
+
+
+def _geometry():
+    return geometry_of(np.ones(X_SHAPE, np.float32), np.ones(K_SHAPE, np.float32), **GEOMETRY)
+
+
+def _defaults(info, g):
+    return CONV2D.defaults(info, g, np.float32)
+
+
+def test_tune_stores_a_verified_winner_that_later_calls_use(cache):
+    candidates = [
+        ("direct", {}),
+        ("blocked", {"VW": 8, "NV": 1, "PX": 2}),
+        ("blocked", {"VW": 4, "NV": 2, "PX": 4}),
+    ]
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=2, candidates=candidates, **GEOMETRY)
+    assert len(result.timings) == 3 and not result.rejected
+    assert result.winner[:2] in [c for c in candidates]
+    saved = json.loads((cache / "tuning.json").read_text())
+    entry = saved["devices"][runtime.get_runtime().info.key][result.key]
+    assert (entry["variant"], entry["config"]) == result.winner[:2]
+
+    info = runtime.get_runtime().info
+    assert params.choose(info, CONV2D, _geometry(), np.float32) == result.winner[:2]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    k = rng.standard_normal(K_SHAPE).astype(np.float32)
+    out = clatrous.conv2d(x, k, **GEOMETRY)
+    assert_matches_reference(out, x, k, **GEOMETRY)
+    chosen = launch.get_launch(
+        runtime.get_runtime(), CONV2D, prepare(x, k, None, ndim=2, activation=None, strides=1, **GEOMETRY)
+    )
+    assert chosen.plan.variant == result.winner[0]
+
+
+def test_a_wrong_candidate_is_rejected(cache, monkeypatch):
+    # Every result is "wrong" when the accepted error is negative.
+    monkeypatch.setattr(reference, "error_bound", lambda *a, **k: np.full(1, -1.0))
+    with pytest.raises(RuntimeError, match="no configuration passed"):
+        tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert not (cache / "tuning.json").exists()
+
+
+def test_a_newer_schema_is_never_overwritten_and_the_winner_is_not_lost(cache, capfd):
+    # Found by the adversarial pass: storing rewrote a newer clatrous's file
+    # from this version's cleaned view, deleting all of it.
+    newer = '{"schema": 99, "devices": {"some device": {"k": {"whatever": [1, 2]}}}}'
+    (cache / "tuning.json").write_text(newer)
+    assert params.load_database() == {}  # not understood: not used
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert result.path is None and "newer" in result.store_error and str(cache) in result.store_error
+    assert (cache / "tuning.json").read_text() == newer
+    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json"]  # no temporary file left
+    from clatrous.__main__ import main
+
+    assert main(["tune", "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2,padding=same", "--repeats", "1"]) == 1
+    captured = capfd.readouterr()
+    assert "NOT stored" in captured.err and "the winner for" in captured.out
+    assert (cache / "tuning.json").read_text() == newer
+
+
+def test_an_unwritable_database_is_reported_with_its_path(cache, monkeypatch):
+    (cache / "tuning.json").mkdir()  # a directory where the file should be
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert result.path is None and "tuning.json" in result.store_error
+    assert result.winner[:2] == ("direct", {})
+    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json"]
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(cache / "tuning.json" / "x" / "y"))
+    (cache / "tuning.json").rmdir()
+    (cache / "tuning.json").write_text("{}")  # the cache folder's parent is a file
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
+    assert result.path is None and "could not write" in result.store_error
+
+
+def test_tune_refuses_an_empty_problem(cache):
+    for x_shape, k_shape in [((0, 9, 10, 3), K_SHAPE), (X_SHAPE, (3, 3, 3, 0))]:
+        with pytest.raises(ValueError, match="needs a problem with outputs"):
+            tuner.tune(x_shape, k_shape, progress=False, repeats=1, **GEOMETRY)
+    assert not (cache / "tuning.json").exists()
+
+
+def test_tune_command_line(cache, capfd):
+    from clatrous.__main__ import main
+
+    assert main(["tune", "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2,padding=same", "--repeats", "1"]) == 0
+    out = capfd.readouterr().out
+    assert "stored" in out and "ms" in out
+    assert main(["tune", "--show"]) == 0
+    assert "cin=2 cout=4" in capfd.readouterr().out
+    assert main(["tune", "conv2d:n=1,h=8,bogus=3"]) == 2
+
+
+def test_a_time_budget_stops_the_search_after_the_default(cache):
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, budget_s=0, **GEOMETRY)
+    info = runtime.get_runtime().info
+    assert len(result.timings) == 1 and result.untried > 0
+    assert result.winner[:2] == _defaults(info, _geometry())
+
+
+@pytest.mark.parametrize("hopeless, launches", [(1e9, 12), (0.0, 9)])
+def test_a_far_slower_candidate_is_timed_once(cache, monkeypatch, hopeless, launches):
+    # Each candidate launches once checked and once to warm up (both untimed),
+    # then is timed repeats times, unless its first timed launch is already
+    # _HOPELESS times the best so far.
+    calls = []
+    real = launch.Launch.enqueue
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.plan.variant)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(launch.Launch, "enqueue", counting)
+    monkeypatch.setattr(tuner, "HOPELESS", hopeless)
+    candidates = [("blocked", {"VW": 4, "NV": 2, "PX": 4}), ("direct", {})]
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=4, candidates=candidates, **GEOMETRY)
+    assert len(calls) == launches
+    assert len(result.timings) == 2 and not result.rejected
+
+
+def _variant_like_direct(name, ndrange):
+    from clatrous.variants import DIRECT, Operation
+
+    variant = dataclasses.replace(DIRECT, name=name, ndrange=ndrange)
+    return Operation("test-" + name, (DIRECT, variant), reference.conv_prepared, CONV2D.defaults)
+
+
+def test_the_tuner_rejects_a_candidate_that_leaves_outputs_unwritten(cache):
+    # Found by the adversarial pass: the tuner did not poison its outputs, so
+    # a candidate that skipped elements passed on the previous candidate's values.
+    op = _variant_like_direct("lazy", lambda g, c: ((g.cout, g.wo, max(1, g.n * g.ho // 2)), None))
+    result = tuner.tune(
+        X_SHAPE,
+        K_SHAPE,
+        progress=False,
+        repeats=1,
+        op=op,
+        candidates=[("direct", {}), ("lazy", {})],
+        **GEOMETRY,
+    )
+    assert [r[0] for r in result.rejected] == ["lazy"] and "unwritten" in result.rejected[0][2]
+    assert result.winner[0] == "direct"
+
+
+def test_the_tuner_skips_a_candidate_that_fails_to_launch(cache):
+    # Found by the adversarial pass: such a candidate aborted the whole search.
+    op = _variant_like_direct("oversized", lambda g, c: ((g.cout, g.wo, g.n * g.ho), (1, 1, 1 << 20)))
+    result = tuner.tune(
+        X_SHAPE, K_SHAPE, progress=False, repeats=1, op=op, candidates=[("oversized", {}), ("direct", {})],
+        **GEOMETRY,
+    )  # fmt: skip
+    assert [r[0] for r in result.rejected] == ["oversized"] and "could not launch" in result.rejected[0][2]
+    assert result.winner[0] == "direct"
