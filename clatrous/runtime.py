@@ -244,6 +244,9 @@ def usable_devices() -> list[cl.Device]:
 def default_device() -> cl.Device:
     """The device used when ``device=None`` (see the module's docstring)."""
     global _default
+    device = _default
+    if device is not None:  # read once: set_default_device may change it meanwhile
+        return device
     with _default_lock:
         if _default is None:
             spec = os.environ.get(ENV_DEVICE, "").strip()
@@ -333,7 +336,13 @@ class Runtime:
 
     def __init__(self, queue: cl.CommandQueue):
         self.queue = queue
-        self.context = queue.context
+        try:
+            self.context = queue.context
+        except cl.LogicError as exc:  # e.g. Intel's CPU runtime, once the Context object is collected
+            raise ValueError(
+                "device: this command queue's context is no longer alive; keep a reference"
+                " to the pyopencl.Context the queue was made with"
+            ) from exc
         self.device = queue.device
         self.info = device_info(self.device)
         self.launches: OrderedDict = OrderedDict()
@@ -448,6 +457,9 @@ def get_runtime(device=None) -> Runtime:
     """
     if device is None:
         device = _default_queue or default_device()
+    last = _last
+    if last[0] is device:  # the same device as the previous call: no lock, no lookups
+        return last[1]
     with _runtime_lock:
         if isinstance(device, cl.CommandQueue):
             queue = device
@@ -470,4 +482,13 @@ def get_runtime(device=None) -> Runtime:
             runtime = _remember(_runtimes, queue.int_ptr, Runtime(queue))
         else:
             _runtimes.move_to_end(queue.int_ptr)
+        _remember_last(device, runtime)
         return runtime
+
+
+_last: tuple[object, Runtime | None] = (object(), None)
+
+
+def _remember_last(device, runtime: Runtime) -> None:
+    global _last
+    _last = (device, runtime)  # one assignment: readers see the old pair or the new one

@@ -66,8 +66,12 @@ def _default_for(device):
         props = cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
         if not device.queue_properties & props:
             pytest.skip(f"{device.name} has no out-of-order queues")
-        _queues[device.int_ptr] = cl.CommandQueue(cl.Context([device]), device, properties=props)
-    return _queues[device.int_ptr]
+        # The context is kept with its queue: Intel's CPU runtime does not
+        # retain a queue's context, so a queue whose Context was collected
+        # answers INVALID_CONTEXT.
+        context = cl.Context([device])
+        _queues[device.int_ptr] = (context, cl.CommandQueue(context, device, properties=props))
+    return _queues[device.int_ptr][1]
 
 
 @pytest.fixture(autouse=True)

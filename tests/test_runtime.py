@@ -96,3 +96,22 @@ def test_a_long_device_name_is_not_echoed_whole(monkeypatch, fresh_default):
     with pytest.raises(DeviceNotFoundError) as info:
         runtime.default_device()
     assert len(str(info.value)) < 2000 and "100000 characters" in str(info.value)
+
+
+def test_a_queue_whose_context_was_collected_works_or_names_device(cl_device):
+    """Intel's CPU runtime does not keep a queue's context alive once the
+    Context object is gone; clatrous says so instead of a LogicError."""
+    import gc
+
+    import pyopencl as cl
+
+    queue = cl.CommandQueue(cl.Context([cl_device]), cl_device)
+    gc.collect()
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    k = np.ones((2, 2, 1, 1), np.float32)
+    try:
+        y = clatrous.conv2d(x, k, device=queue)
+    except ValueError as exc:
+        assert "device" in str(exc) and "context" in str(exc)
+    else:
+        np.testing.assert_allclose(y, clatrous.reference.conv2d(x, k), rtol=1e-6)
