@@ -49,8 +49,15 @@ from clatrous.geometry import conv_geometry
 
 @dataclass
 class Workload:
+    """A benchmark row.
+
+    ``kind``: conv2d, conv1d, depthwise (``cout = cin * M``) or separable (a
+    depthwise 3x3 with M = 1, then a 1x1 to ``cout`` channels, as DeepLabv3+'s
+    separable ASPP branch).  ``mode`` is the padding_mode.
+    """
+
     name: str
-    kind: str  # conv2d or conv1d
+    kind: str
     n: int
     h: int
     w: int
@@ -62,13 +69,41 @@ class Workload:
     s: int = 1
     padding: str = "same"
     note: str = ""
+    mode: str = "zeros"
     arrays: dict = field(default_factory=dict, repr=False)
 
     @property
     def kwargs(self):
-        return dict(strides=self.s, padding=self.padding, dilation_rate=self.d)
+        extra = {} if self.mode == "zeros" else {"padding_mode": self.mode}
+        return dict(strides=self.s, padding=self.padding, dilation_rate=self.d, **extra)
+
+    @property
+    def dense(self) -> bool:
+        """A dense conv2d/conv1d with zero padding: what every peer computes."""
+        return self.kind in ("conv1d", "conv2d") and self.mode == "zeros"
+
+    @property
+    def flops(self) -> int:
+        g = self.geometry()
+        if self.kind == "separable":
+            return g.flops + 2 * g.n * g.ho * g.wo * self.cin * self.cout
+        return g.flops
+
+    @property
+    def out_elements(self) -> int:
+        g = self.geometry()
+        return g.n * g.ho * g.wo * (self.cout if self.kind == "separable" else g.cout)
 
     def geometry(self):
+        """The geometry of the (first) convolution."""
+        if self.kind in ("depthwise", "separable"):
+            cout = self.cout if self.kind == "depthwise" else self.cin
+            return conv_geometry(
+                (self.n, self.h, self.w, self.cin),
+                (self.kh, self.kw, 1, cout),
+                groups=self.cin,
+                **self.kwargs,
+            )
         if self.kind == "conv1d":
             return conv_geometry(
                 (self.n, self.w, self.cin), (self.kw, self.cin, self.cout), ndim=1, **self.kwargs
@@ -78,6 +113,15 @@ class Workload:
         )
 
     def make_arrays(self, rng):
+        if self.kind in ("depthwise", "separable"):
+            multiplier = self.cout // self.cin if self.kind == "depthwise" else 1
+            x = rng.standard_normal((self.n, self.h, self.w, self.cin), dtype=np.float32)
+            k = rng.standard_normal((self.kh, self.kw, self.cin, multiplier), dtype=np.float32) / 3
+            self.arrays = dict(x=x, k=k, b=rng.standard_normal(self.cin * multiplier, dtype=np.float32))
+            if self.kind == "separable":
+                pk = rng.standard_normal((1, 1, self.cin, self.cout), dtype=np.float32) / np.sqrt(self.cin)
+                self.arrays.update(pk=pk, b=rng.standard_normal(self.cout, dtype=np.float32))
+            return
         if self.kind == "conv1d":
             x = rng.standard_normal((self.n, self.w, self.cin), dtype=np.float32)
             k = rng.standard_normal((self.kw, self.cin, self.cout), dtype=np.float32)
@@ -99,6 +143,9 @@ WORKLOADS = [
     Workload("W4", "conv2d", 8, 64, 64, 64, 64, 3, 3, 2),
     Workload("W5", "conv2d", 1, 2048, 2048, 1, 1, 5, 5, 4, note="one-channel image"),
     Workload("W6", "conv1d", 4, 1, 16000, 64, 64, 1, 2, 256, padding="causal", note="WaveNet layer"),
+    Workload("D1", "depthwise", 8, 128, 128, 256, 256, 3, 3, 2, note="depthwise 3x3, rate 2"),
+    Workload("D2", "separable", 1, 33, 33, 2048, 256, 3, 3, 12, note="separable ASPP branch"),
+    Workload("D3", "conv2d", 1, 2048, 2048, 1, 1, 5, 5, 4, mode="reflect", note="W5, reflect border"),
 ]
 
 
@@ -126,34 +173,55 @@ def parse_workload(text: str) -> Workload:
 # ---------------------------------------------------------------- peers
 
 
-def clatrous_host(wl, rt):
+def _clatrous_call(wl, lib, device=None):
+    """``call(x)`` computing the workload with the clatrous package ``lib`` (weights bound)."""
     a = wl.arrays
-    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
-    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
+    if wl.kind == "separable":
+        layer = lib.SeparableConv2D(
+            wl.cout, (wl.kh, wl.kw), padding=wl.padding, dilation_rate=wl.d, strides=wl.s, device=device
+        )
+        layer.set_weights([a["k"], a["pk"], a["b"]])
+        if device is None:  # device arrays: the layer's two steps, without the final read back
+            return lambda x: layer._forward(x, layer._weights)
+        return layer
+    fn = {"conv1d": lib.conv1d, "conv2d": lib.conv2d}.get(wl.kind) or lib.depthwise_conv2d
+    if device is None:
+        return lambda x, k=a["k"], b=a["b"]: fn(x, k, b, **wl.kwargs)
+    return lambda x: fn(x, a["k"], a["b"], device=device, **wl.kwargs)
+
+
+def clatrous_host(wl, rt):
+    call = _clatrous_call(wl, clatrous, rt.queue)
+    return lambda: call(wl.arrays["x"])
 
 
 def clatrous_device(wl, rt):
-    a = wl.arrays
-    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
-    x, k, b = (cl_array.to_device(rt.queue, a[name]) for name in ("x", "k", "b"))
+    call = _clatrous_call(wl, clatrous)
+    x = cl_array.to_device(rt.queue, wl.arrays["x"])
+    if wl.kind != "separable":  # weights on the device too
+        a = wl.arrays
+        k, b = (cl_array.to_device(rt.queue, a[name]) for name in ("k", "b"))
+        inner = call
+        call = lambda x: inner(x, k, b)  # noqa: E731
 
-    def call():
-        out = fn(x, k, b, **wl.kwargs)
+    def run():
+        out = call(x)
         rt.queue.finish()
         return out
 
-    return call
+    return run
 
 
 def clatrous_direct(wl, rt):
-    a = wl.arrays
-    fn = clatrous.conv1d if wl.kind == "conv1d" else clatrous.conv2d
+    if wl.kind == "separable":
+        return None
+    call = _clatrous_call(wl, clatrous, rt.queue)
 
-    def call():
+    def run():
         with params.forced("direct", {}):
-            return fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
+            return call(wl.arrays["x"])
 
-    return call
+    return run
 
 
 #: An earlier clatrous (``--before DIR``), imported under another name, so
@@ -186,7 +254,7 @@ def load_before(path: str):
 
 
 def before_host(wl, rt):
-    if BEFORE is None:
+    if BEFORE is None or not wl.dense:
         return None
     a = wl.arrays
     fn = BEFORE.conv1d if wl.kind == "conv1d" else BEFORE.conv2d
@@ -194,7 +262,7 @@ def before_host(wl, rt):
 
 
 def before_device(wl, rt):
-    if BEFORE is None:
+    if BEFORE is None or not wl.dense:
         return None
     a = wl.arrays
     fn = BEFORE.conv1d if wl.kind == "conv1d" else BEFORE.conv2d
@@ -208,12 +276,20 @@ def before_device(wl, rt):
     return call
 
 
-def numpy_reference(wl, rt):
-    if wl.geometry().flops > 3e9:
-        return None
+def _reference(wl):
     a = wl.arrays
-    fn = reference.conv1d if wl.kind == "conv1d" else reference.conv2d
-    return lambda: fn(a["x"], a["k"], a["b"], **wl.kwargs)
+    if wl.kind == "separable":
+        geometry = {k: v for k, v in wl.kwargs.items()}
+        middle = reference.depthwise_conv2d(a["x"], a["k"], **geometry)
+        return reference.conv2d(middle, a["pk"], a["b"])
+    fn = {"conv1d": reference.conv1d, "conv2d": reference.conv2d}.get(wl.kind) or reference.depthwise_conv2d
+    return fn(a["x"], a["k"], a["b"], **wl.kwargs)
+
+
+def numpy_reference(wl, rt):
+    if wl.flops > 3e9:
+        return None
+    return lambda: _reference(wl)
 
 
 def _explicit_pads(wl):
@@ -236,6 +312,38 @@ def _pytorch_on(wl, device: str):
     (pt, pb), (pl, pr) = _explicit_pads(wl)
     b = torch.from_numpy(a["b"]).to(device)
     wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if wl.kind in ("depthwise", "separable"):
+        x = torch.from_numpy(a["x"].transpose(0, 3, 1, 2).copy()).to(device)  # N, C, H, W
+        kh, kw, cin, m = a["k"].shape
+        k = torch.from_numpy(a["k"].reshape(kh, kw, cin * m).transpose(2, 0, 1)[:, None].copy()).to(device)
+        if wl.kind == "separable":
+            pk = torch.from_numpy(a["pk"][0, 0].T.copy()[:, :, None, None]).to(device)  # O, I, 1, 1
+
+        def call():
+            with torch.no_grad():
+                xp = x if (pt, pb, pl, pr) == (0, 0, 0, 0) else F.pad(x, (pl, pr, pt, pb))
+                if wl.kind == "depthwise":
+                    out = F.conv2d(xp, k, b, stride=wl.s, dilation=wl.d, groups=cin)
+                else:  # PyTorch's two calls
+                    out = F.conv2d(F.conv2d(xp, k, None, stride=wl.s, dilation=wl.d, groups=cin), pk, b)
+            wait()
+            return out
+
+        return call
+    if wl.mode != "zeros":
+        torch_mode = {"reflect": "reflect", "replicate": "replicate", "circular": "circular"}.get(wl.mode)
+        if torch_mode is None or wl.kind != "conv2d":
+            return None
+        x = torch.from_numpy(a["x"].transpose(0, 3, 1, 2).copy()).to(device)
+        k = torch.from_numpy(a["k"].transpose(3, 2, 0, 1).copy()).to(device)
+
+        def call():
+            with torch.no_grad():
+                out = F.conv2d(F.pad(x, (pl, pr, pt, pb), mode=torch_mode), k, b, stride=wl.s, dilation=wl.d)
+            wait()
+            return out
+
+        return call
     if wl.kind == "conv1d":
         x = torch.from_numpy(a["x"].transpose(0, 2, 1).copy()).to(device)  # N, C, L
         k = torch.from_numpy(a["k"].transpose(2, 1, 0).copy()).to(device)  # O, I, k
@@ -273,6 +381,8 @@ def pytorch_cuda(wl, rt):
 
 
 def tinygrad(wl, rt):
+    if not wl.dense:
+        return None
     os.environ.setdefault("DEV", "CL")
     try:
         from tinygrad import Tensor
@@ -328,7 +438,7 @@ def clblast(wl, rt):
         convgemm = _load_clblast()
     except OSError:
         return None
-    if convgemm is None:
+    if convgemm is None or not wl.dense:
         return None
     if wl.kind == "conv1d":
         h, kh, (pt, pb) = 1, 1, (0, 0)
@@ -433,12 +543,10 @@ def copy_bandwidth(rt, nbytes=256 * 2**20) -> float:
 
 def check(wl, rt) -> float:
     """Largest relative error of clatrous against the reference on this workload."""
-    a = wl.arrays
     got = clatrous_host(wl, rt)()
-    fn = reference.conv1d if wl.kind == "conv1d" else reference.conv2d
-    if wl.geometry().flops > 3e10:
+    if wl.flops > 3e10:
         return float("nan")  # the reference would take minutes; the tests cover correctness
-    want = fn(a["x"], a["k"], a["b"], **wl.kwargs)
+    want = _reference(wl)
     err = float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30))
     if not err < 1e-4:
         raise SystemExit(f"{wl.name}: clatrous differs from the reference (relative error {err:.2e})")
@@ -538,7 +646,7 @@ def main(argv=None) -> int:
         calls = {name: make(wl, rt) for name, make in peers.items()}
         calls = {name: c for name, c in calls.items() if c is not None}
         print(
-            f"{wl.name}: {g.flops / 1e9:.3f} GFLOP, max relative error {err:.1e}; peers: {', '.join(calls)}"
+            f"{wl.name}: {wl.flops / 1e9:.3f} GFLOP, max relative error {err:.1e}; peers: {', '.join(calls)}"
         )
         # The NumPy reference is an oracle, not a competitor: timed on its
         # own, after the others, because for a few hundred milliseconds after
@@ -549,17 +657,17 @@ def main(argv=None) -> int:
         times.update(measure(oracle, args.rounds, args.budget, args.block))
         medians = {name: statistics.median(t) for name, t in times.items()}
         # a copy of B bytes reads B and writes B: reading x and writing y is one copy of (x + y) / 2
-        floor = (wl.arrays["x"].nbytes + g.n * g.ho * g.wo * g.cout * 4) / 2 / (bandwidth * 1e9)
+        floor = (wl.arrays["x"].nbytes + wl.out_elements * 4) / 2 / (bandwidth * 1e9)
         rows.append((wl, g, medians, floor))
         torch_t = medians.get("PyTorch")
         for name, t in medians.items():
             ratio = f"{t / torch_t:6.2f}x PyTorch" if torch_t else ""
-            print(f"  {name:26s} {t * 1e3:10.3f} ms {g.flops / t / 1e9:8.1f} GFLOP/s {ratio}")
+            print(f"  {name:26s} {t * 1e3:10.3f} ms {wl.flops / t / 1e9:8.1f} GFLOP/s {ratio}")
 
     best = max(
         (
-            g.flops / m["clatrous (device arrays)"] / 1e9
-            for _, g, m, _ in rows
+            wl.flops / m["clatrous (device arrays)"] / 1e9
+            for wl, _, m, _ in rows
             if "clatrous (device arrays)" in m
         ),
         default=float("nan"),
@@ -583,12 +691,12 @@ def render(rows, peers, bandwidth, best) -> str:
     if cuda:
         head.append("clatrous (device arrays) / PyTorch (CUDA)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for wl, g, m, _floor in rows:
-        cells = [f"{wl.name}", f"{g.flops / 1e9:.3g}"]
+    for wl, _g, m, _floor in rows:
+        cells = [f"{wl.name}", f"{wl.flops / 1e9:.3g}"]
         for n in names:
             cells.append(f"{m[n] * 1e3:.3f}" if n in m else "-")
         main_t = m.get("clatrous")
-        cells.append(f"{g.flops / main_t / 1e9:.1f}" if main_t else "-")
+        cells.append(f"{wl.flops / main_t / 1e9:.1f}" if main_t else "-")
         torch_t = m.get("PyTorch")
         cells.append(f"{main_t / torch_t:.2f}x" if main_t and torch_t else "-")
         if cuda:

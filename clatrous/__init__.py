@@ -2,8 +2,10 @@
 
 The public names:
 
-- :func:`conv2d`, :func:`conv1d`: the functional API (NumPy or pyopencl Arrays).
-- :class:`Conv2D`: a Keras-like layer.
+- :func:`conv2d`, :func:`conv1d`, :func:`depthwise_conv2d`: the functional
+  API (NumPy or pyopencl Arrays), with ``groups`` and ``padding_mode``.
+- :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
+  Keras-like layers that load Keras' ``get_weights()`` as they are.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
 - :mod:`clatrous.params`: which kernel configuration runs (``params.forced``),
@@ -12,9 +14,9 @@ The public names:
 """
 
 from . import params, reference
-from .conv import conv1d, conv2d
+from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
-from .layers import Conv2D
+from .layers import Conv2D, DepthwiseConv2D, SeparableConv2D
 from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
@@ -25,12 +27,15 @@ __all__ = [
     "BuildError",
     "ClatrousError",
     "Conv2D",
+    "DepthwiseConv2D",
     "DeviceMemoryError",
     "DeviceNotFoundError",
+    "SeparableConv2D",
     "UnsupportedDeviceError",
     "conv1d",
     "conv2d",
     "default_device",
+    "depthwise_conv2d",
     "devices",
     "dilate",
     "params",

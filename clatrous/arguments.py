@@ -17,7 +17,14 @@ import numpy as np
 
 from .geometry import ConvGeometry, conv_geometry
 
-__all__ = ["ACTIVATIONS", "Prepared", "normalize_activation", "prepare", "result_dtype"]
+__all__ = [
+    "ACTIVATIONS",
+    "Prepared",
+    "normalize_activation",
+    "prepare",
+    "prepare_depthwise",
+    "result_dtype",
+]
 
 #: Activation names and the code the kernels use for them (``-D ACTIVATION=``).
 ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -130,16 +137,29 @@ def _signature(value):
     return None
 
 
-def prepare(x, kernel, bias, *, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
+def prepare(
+    x,
+    kernel,
+    bias,
+    *,
+    strides,
+    padding,
+    dilation_rate,
+    activation,
+    ndim: int,
+    groups=1,
+    padding_mode="zeros",
+) -> Prepared:
     """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``)."""
     x_sig, k_sig = _signature(x), _signature(kernel)
     b_sig = () if bias is None else _signature(bias)
+    args = (strides, padding, dilation_rate, activation, ndim, groups, padding_mode)
     if x_sig is None or k_sig is None or b_sig is None:
-        return _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
-    key = (ndim, x_sig, k_sig, b_sig, repr(strides), repr(padding), repr(dilation_rate), repr(activation))
+        return _prepare(x, kernel, bias, *args)
+    key = (x_sig, k_sig, b_sig, *(repr(a) for a in args))
     known = _signatures.get(key)
     if known is None:
-        prepared = _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim)
+        prepared = _prepare(x, kernel, bias, *args)
         if len(_signatures) < _MAX_SIGNATURES:
             _signatures[key] = (prepared.geometry, prepared.dtype, prepared.activation, prepared.squeeze)
         return prepared
@@ -156,7 +176,9 @@ def prepare(x, kernel, bias, *, strides, padding, dilation_rate, activation, ndi
     return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)
 
 
-def _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim: int) -> Prepared:
+def _prepare(
+    x, kernel, bias, strides, padding, dilation_rate, activation, ndim: int, groups, padding_mode
+) -> Prepared:
     activation = normalize_activation(activation)
     x = _as_array(x, "x")
     kernel = _as_array(kernel, "kernel")
@@ -189,6 +211,8 @@ def _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim:
         padding=padding,
         dilation_rate=dilation_rate,
         ndim=ndim,
+        groups=groups,
+        padding_mode=padding_mode,
     )
     kernel = _cast_weights(kernel, "kernel", dtype, tuple(kernel.shape))
     if bias is not None:
@@ -197,3 +221,49 @@ def _prepare(x, kernel, bias, strides, padding, dilation_rate, activation, ndim:
             raise ValueError(f"bias must be 1-D of length {geometry.cout}, got shape {tuple(bias.shape)}")
         bias = _cast_weights(bias, "bias", dtype, (geometry.cout,))
     return Prepared(x, kernel, bias, geometry, dtype, activation, squeeze)
+
+
+def prepare_depthwise(
+    x, kernel, bias, *, strides, padding, padding_mode, dilation_rate, activation
+) -> Prepared:
+    """Validate a ``depthwise_conv2d`` call, as the grouped convolution it is.
+
+    A depthwise kernel ``(kh, kw, C_in, M)`` is, in memory, the kernel
+    ``(kh, kw, 1, C_in * M)`` of a convolution with ``groups=C_in``: output
+    channel ``c * M + m`` reads input channel ``c`` with ``kernel[..., c, m]``,
+    the order of ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
+    """
+    x = _as_array(x, "x")
+    kernel = _as_array(kernel, "kernel")
+    if len(x.shape) != 4:
+        raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
+    if len(kernel.shape) != 4:
+        raise ValueError(
+            f"kernel must be 4-D (kh, kw, C_in, depth_multiplier), got shape {tuple(kernel.shape)}"
+        )
+    kh, kw, cin, multiplier = (int(v) for v in kernel.shape)
+    if cin != x.shape[3]:
+        raise ValueError(
+            f"kernel expects {cin} input channels but x has {x.shape[3]} "
+            f"(x shape {tuple(x.shape)}, kernel shape {tuple(kernel.shape)})"
+        )
+    if multiplier < 1:
+        raise ValueError(
+            "kernel must have a depth multiplier (its last axis) of at least 1, "
+            f"got shape {tuple(kernel.shape)}"
+        )
+    if not is_device_array(kernel) and not kernel.flags.c_contiguous:
+        kernel = np.ascontiguousarray(kernel)
+    grouped = kernel.reshape(kh, kw, 1, cin * multiplier)
+    return prepare(
+        x,
+        grouped,
+        bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        activation=activation,
+        ndim=2,
+        groups=cin,
+        padding_mode=padding_mode,
+    )

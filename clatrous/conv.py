@@ -9,11 +9,11 @@ convolution is computed as a 2-D one with a single row.
 from __future__ import annotations
 
 from . import params, reference
-from .arguments import prepare
+from .arguments import prepare, prepare_depthwise
 from .execute import run
 from .variants import CONV2D_VARIANTS, Operation
 
-__all__ = ["CONV2D", "conv1d", "conv2d"]
+__all__ = ["CONV2D", "conv1d", "conv2d", "depthwise_conv2d"]
 
 #: The dense convolution: its kernel variants, its NumPy reference, its defaults.
 CONV2D = Operation("conv2d", CONV2D_VARIANTS, reference.conv_prepared, params.conv2d_defaults)
@@ -28,6 +28,8 @@ def conv2d(
     padding="valid",
     dilation_rate=1,
     activation=None,
+    groups=1,
+    padding_mode="zeros",
     device=None,
 ):
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
@@ -42,7 +44,7 @@ def conv2d(
     x : (N, H, W, C_in) array_like or pyopencl.array.Array
         Channels last.  A 2-D image with a 2-D kernel is shorthand for one
         channel in and out, and returns a 2-D map.
-    kernel : (kh, kw, C_in, C_out) array_like
+    kernel : (kh, kw, C_in // groups, C_out) array_like
     bias : (C_out,) array_like, optional
     strides, dilation_rate : int or (int, int)
         Per (rows, cols).  Strides and dilation above 1 may be combined.
@@ -51,6 +53,18 @@ def conv2d(
         padding at the bottom/right.  Words are case-insensitive.
     activation : {None, "linear", "relu", "sigmoid", "tanh"}
         Applied inside the kernel.
+    groups : int
+        Split the channels into this many groups (Keras ``groups``, PyTorch
+        ``groups``): ``C_in`` and ``C_out`` must be multiples, and output
+        channel ``co`` reads the ``C_in // groups`` input channels of group
+        ``co // (C_out // groups)``.  ``groups=C_in`` is a depthwise
+        convolution (see :func:`depthwise_conv2d` for Keras' kernel layout).
+    padding_mode : {"zeros", "reflect", "replicate", "circular", "symmetric"}
+        What the padding reads: exactly ``np.pad(x, pads, mode)`` with
+        ``constant``, ``reflect``, ``edge``, ``wrap``, ``symmetric``, for any
+        pad width (also wider than the image).  Applied inside the kernels;
+        no padded copy of ``x`` is made.  See the README for how these names
+        map to scipy.ndimage's and PyTorch's.
     device : pyopencl Device, Context or CommandQueue, optional
         Default: ``CLATROUS_DEVICE``, else the first GPU, else the first CPU.
 
@@ -76,6 +90,8 @@ def conv2d(
         dilation_rate=dilation_rate,
         activation=activation,
         ndim=2,
+        groups=groups,
+        padding_mode=padding_mode,
     )
     out = run(CONV2D, prepared, device, prepared.geometry.output_shape)
     return out[0, :, :, 0] if prepared.squeeze else out
@@ -90,6 +106,8 @@ def conv1d(
     padding="valid",
     dilation_rate=1,
     activation=None,
+    groups=1,
+    padding_mode="zeros",
     device=None,
 ):
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
@@ -98,13 +116,13 @@ def conv1d(
     ----------
     x : (N, L, C_in) array_like or pyopencl.array.Array
         A 1-D signal with a 1-D kernel is shorthand for one channel in and out.
-    kernel : (k, C_in, C_out) array_like
+    kernel : (k, C_in // groups, C_out) array_like
     bias : (C_out,) array_like, optional
     strides, dilation_rate : int
     padding : {"valid", "same", "causal"}, int or (left, right)
         ``"causal"`` pads ``dilation_rate * (k - 1)`` on the left only, as
         WaveNet does, so output ``t`` sees inputs up to ``t``.
-    activation, device
+    activation, groups, padding_mode, device
         As for :func:`conv2d`.
 
     Returns
@@ -120,7 +138,55 @@ def conv1d(
         dilation_rate=dilation_rate,
         activation=activation,
         ndim=1,
+        groups=groups,
+        padding_mode=padding_mode,
     )
     g = prepared.geometry
     out = run(CONV2D, prepared, device, (g.n, g.wo, g.cout))
     return out[0, :, 0] if prepared.squeeze else out
+
+
+def depthwise_conv2d(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    padding_mode="zeros",
+    dilation_rate=1,
+    activation=None,
+    device=None,
+):
+    """Depthwise dilated 2-D convolution, as ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
+
+    Each input channel ``c`` is convolved with its own ``M`` filters
+    ``kernel[:, :, c, m]``; output channel ``c * M + m`` holds the result.
+    It is :func:`conv2d` with ``groups=C_in`` and the kernel reshaped to
+    ``(kh, kw, 1, C_in * M)`` (the same memory), run by a kernel of its own
+    that vectorises along the channels.
+
+    Parameters
+    ----------
+    x : (N, H, W, C_in) array_like or pyopencl.array.Array
+    kernel : (kh, kw, C_in, M) array_like
+        ``M``, the depth multiplier, at least 1.
+    bias : (C_in * M,) array_like, optional
+    strides, padding, padding_mode, dilation_rate, activation, device
+        As for :func:`conv2d`.
+
+    Returns
+    -------
+    (N, Ho, Wo, C_in * M) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+    """
+    prepared = prepare_depthwise(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        padding_mode=padding_mode,
+        dilation_rate=dilation_rate,
+        activation=activation,
+    )
+    return run(CONV2D, prepared, device, prepared.geometry.output_shape)

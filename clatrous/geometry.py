@@ -15,13 +15,25 @@ import numbers
 from dataclasses import dataclass
 
 __all__ = [
+    "BORDERS",
     "ConvGeometry",
+    "border_index",
     "conv_geometry",
     "normalize_padding",
     "normalize_tuple",
     "output_length",
     "same_padding",
 ]
+
+#: padding_mode names, and the code the kernels use for them (``-D BORDER=``).
+#: Each equals ``np.pad`` with the mode named in the comment, at any width.
+BORDERS = {
+    "zeros": 0,  # np.pad "constant" (0): a padded tap adds nothing
+    "reflect": 1,  # np.pad "reflect": the edge sample is not repeated (d c b | a b c d | c b a)
+    "replicate": 2,  # np.pad "edge": the edge sample repeated (a a a | a b c d | d d d)
+    "circular": 3,  # np.pad "wrap": periodic (b c d | a b c d | a b c)
+    "symmetric": 4,  # np.pad "symmetric": the edge sample repeated once (c b a | a b c d | d c b)
+}
 
 _PADDING_WORDS_2D = ("valid", "same")
 _PADDING_WORDS_1D = ("valid", "same", "causal")
@@ -113,6 +125,40 @@ def normalize_padding(padding, ndim: int):
     return _explicit_padding(padding, ndim)
 
 
+def normalize_padding_mode(padding_mode) -> str:
+    """A lower-case :data:`BORDERS` name."""
+    if not isinstance(padding_mode, str):
+        raise TypeError(f"padding_mode must be one of {tuple(BORDERS)}, got {padding_mode!r}")
+    mode = padding_mode.lower()
+    if mode not in BORDERS:
+        raise ValueError(f"padding_mode must be one of {tuple(BORDERS)}, got {padding_mode!r}")
+    return mode
+
+
+def border_index(i: int, n: int, mode: str) -> int:
+    """Where index ``i`` of an axis of length ``n`` reads from under ``mode``; -1 for the zeros.
+
+    The same function as ``border_index`` in ``kernels/common.h``: reflect and
+    symmetric are periodic (periods ``2n - 2`` and ``2n``), which is what
+    ``np.pad`` gives for pads of any width, reflecting again and again.
+    """
+    if 0 <= i < n:
+        return i
+    if mode == "zeros":
+        return -1
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "circular":
+        return i % n
+    if mode == "reflect":
+        if n == 1:
+            return 0
+        m = i % (2 * n - 2)
+        return m if m < n else 2 * n - 2 - m
+    m = i % (2 * n)  # symmetric
+    return m if m < n else 2 * n - 1 - m
+
+
 #: The kernels index with 32-bit ints; every geometry value, and the sum of
 #: any two, must fit.  Keeping each below 2**30 proves it.
 INDEX_LIMIT = 2**30
@@ -162,6 +208,20 @@ class ConvGeometry:
     pad_right: int
     ho: int
     wo: int
+    groups: int = 1
+    border: str = "zeros"
+
+    @property
+    def cin_per_group(self) -> int:
+        return self.cin // self.groups
+
+    @property
+    def cout_per_group(self) -> int:
+        return self.cout // self.groups
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.kh, self.kw, self.cin // self.groups, self.cout)
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -170,7 +230,7 @@ class ConvGeometry:
     @property
     def flops(self) -> int:
         """Multiply-adds counted twice, over every tap (padding included)."""
-        return 2 * self.n * self.ho * self.wo * self.cout * self.cin * self.kh * self.kw
+        return 2 * self.n * self.ho * self.wo * self.cout * self.cin_per_group * self.kh * self.kw
 
 
 def conv_geometry(
@@ -181,6 +241,8 @@ def conv_geometry(
     padding,
     dilation_rate,
     ndim: int = 2,
+    groups=1,
+    padding_mode="zeros",
 ) -> ConvGeometry:
     """Validate a convolution's geometry and resolve padding and output size.
 
@@ -196,6 +258,12 @@ def conv_geometry(
         an int, a tuple of ``ndim`` ints, or ``ndim`` (before, after) pairs.
         For 1-D a pair of ints is (left, right).
     ndim : {1, 2}
+    groups : int
+        Input and output channels split into this many groups; the kernel is
+        ``(..., C_in // groups, C_out)`` and output channel ``co`` reads the
+        input channels of group ``co // (C_out // groups)``.
+    padding_mode : str
+        One of :data:`BORDERS`: what the padding reads.
 
     Returns
     -------
@@ -212,13 +280,25 @@ def conv_geometry(
     *ksize, kcin, cout = (int(v) for v in kernel_shape)
     if any(k < 1 for k in ksize):
         raise ValueError(f"kernel must have a positive spatial size, got shape {tuple(kernel_shape)}")
-    if kcin != cin:
-        raise ValueError(
-            f"kernel expects {kcin} input channels but x has {cin} "
-            f"(x shape {tuple(x_shape)}, kernel shape {tuple(kernel_shape)})"
-        )
+    if not _is_int(groups):
+        raise TypeError(f"groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    border = normalize_padding_mode(padding_mode)
     if cin < 1:
         raise ValueError(f"x must have at least one channel, got shape {tuple(x_shape)}")
+    if cin % groups or cout % groups:
+        raise ValueError(
+            f"groups={groups} must divide both the input channels ({cin}) and the output channels "
+            f"({cout}) (x shape {tuple(x_shape)}, kernel shape {tuple(kernel_shape)})"
+        )
+    if kcin != cin // groups:
+        per = f" // groups = {cin // groups}" if groups > 1 else ""
+        raise ValueError(
+            f"kernel expects {kcin} input channels but x has {cin}{per} "
+            f"(x shape {tuple(x_shape)}, kernel shape {tuple(kernel_shape)})"
+        )
     if any(s < 1 for s in spatial):
         raise ValueError(f"x must have a non-empty spatial size, got shape {tuple(x_shape)}")
 
@@ -263,4 +343,6 @@ def conv_geometry(
         pad_right=pads[1][1],
         ho=outs[0],
         wo=outs[1],
+        groups=groups,
+        border=border,
     )

@@ -1,4 +1,22 @@
-"""``Conv2D``: a Keras-like layer over :func:`clatrous.conv2d`."""
+"""Keras-like layers: ``Conv2D``, ``DepthwiseConv2D`` and ``SeparableConv2D``.
+
+Each takes Keras' constructor arguments and weight layout, so that
+``layer.set_weights(keras_layer.get_weights())`` loads a trained Keras layer
+as it is:
+
+========================  ==================================================
+layer                     weights, in order
+========================  ==================================================
+``Conv2D``                kernel ``(kh, kw, C_in // groups, filters)``, bias ``(filters,)``
+``DepthwiseConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, bias ``(C_in * M,)``
+``SeparableConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, pointwise kernel
+                          ``(1, 1, C_in * M, filters)``, bias ``(filters,)``
+========================  ==================================================
+
+(no bias with ``use_bias=False``).  Weights are created by :meth:`build` from
+the input's channel count only (Glorot-uniform kernels, zero bias, as Keras),
+so a layer built on 7x7 inputs accepts any spatial size afterwards.
+"""
 
 from __future__ import annotations
 
@@ -8,62 +26,46 @@ import threading
 import numpy as np
 
 from .arguments import is_device_array, normalize_activation
-from .conv import conv2d
-from .geometry import normalize_padding, normalize_tuple, output_length, same_padding
+from .conv import conv2d, depthwise_conv2d
+from .errors import DeviceMemoryError
+from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
+from .runtime import get_runtime
 from .staging import aligned_copy
 
-__all__ = ["Conv2D"]
+__all__ = ["Conv2D", "DepthwiseConv2D", "SeparableConv2D"]
 
 
-class Conv2D:
-    """A 2-D dilated convolution layer with Keras's constructor and methods.
+def _positive_int(value, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
-    Parameters
-    ----------
-    filters : int
-        Output channels.
-    kernel_size : int or (int, int)
-    strides, padding, dilation_rate, activation
-        As for :func:`clatrous.conv2d`.
-    use_bias : bool
-    dtype : {"float32", "float64"}
-        The weights' dtype; inputs are cast to it, as Keras does.
-    device : pyopencl Device, Context or CommandQueue, optional
 
-    Notes
-    -----
-    As in Keras, weights are created by :meth:`build` (Glorot-uniform kernel,
-    zero bias) from the input's channel count only, so a layer built on 7x7
-    inputs accepts any spatial size afterwards.
+def _glorot(rng, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
 
-    Examples
-    --------
-    >>> import numpy as np, clatrous
-    >>> layer = clatrous.Conv2D(1, (2, 2), dilation_rate=2)
-    >>> layer.build((None, 4, 4, 1))
-    >>> layer.set_weights([np.array([[10, -8], [15, -2]]).reshape(2, 2, 1, 1), np.zeros(1)])
-    >>> simg = np.array([[4, 5, 8, 7], [1, 8, 8, 8], [3, 6, 6, 4], [6, 5, 7, 8]], np.float32)
-    >>> layer(simg[None, :, :, None])[0, :, :, 0]
-    array([[ 9., 76.],
-           [22., 75.]], dtype=float32)
-    """
+
+class _Layer:
+    """What the layers share: the geometry arguments, dtype, weights under a lock, and the call."""
+
+    #: The names of the weights, in Keras' order (the bias last, when used).
+    weight_names: tuple[str, ...] = ()
 
     def __init__(
         self,
-        filters,
         kernel_size,
-        strides=1,
-        padding="valid",
-        dilation_rate=1,
-        activation=None,
-        use_bias=True,
-        dtype="float32",
-        device=None,
+        strides,
+        padding,
+        dilation_rate,
+        activation,
+        use_bias,
+        padding_mode,
+        dtype,
+        device,
     ):
-        if not isinstance(filters, numbers.Integral) or isinstance(filters, bool):
-            raise TypeError(f"filters must be a positive int, got {filters!r}")
-        if filters < 1:
-            raise ValueError(f"filters must be a positive int, got {filters!r}")
         if not isinstance(use_bias, (bool, np.bool_)):
             raise TypeError(f"use_bias must be a bool, got {use_bias!r}")
         try:
@@ -72,26 +74,51 @@ class Conv2D:
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
         if np_dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.filters = int(filters)
         self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
         self.strides = normalize_tuple(strides, 2, "strides")
         self.dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
         self.padding = normalize_padding(padding, 2)
+        self.padding_mode = normalize_padding_mode(padding_mode)
         self.activation = normalize_activation(activation)
         self.use_bias = bool(use_bias)
         self.dtype = np_dtype
         self.device = device
-        self.kernel: np.ndarray | None = None
-        self.bias: np.ndarray | None = None
+        self._weights: tuple[np.ndarray, ...] | None = None
         # Building and replacing the weights, and reading them for a call,
         # happen under this lock: an unbuilt layer called from many threads
-        # builds once, and no call sees one weight new and the other old.
+        # builds once, and no call sees one weight new and another old.
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
 
+    # -- what each layer defines
+
+    def _weight_shapes(self, cin: int) -> list[tuple[int, ...]]:
+        """The shape of each weight (bias included when used) for ``cin`` input channels."""
+        raise NotImplementedError
+
+    def _initial(self, rng, cin: int) -> list[np.ndarray]:
+        """Freshly initialised weights for ``cin`` input channels."""
+        raise NotImplementedError
+
+    def _forward(self, x, weights: tuple):
+        raise NotImplementedError
+
+    def _channels_out(self, cin: int) -> int:
+        raise NotImplementedError
+
+    def _cin_of(self, first_weight_shape: tuple[int, ...]) -> int:
+        """The input channel count a given first weight implies."""
+        return first_weight_shape[2]
+
+    # -- shared
+
     @property
     def built(self) -> bool:
-        return self.kernel is not None
+        return self._weights is not None
+
+    def _weight(self, index: int):
+        weights = self._weights
+        return None if weights is None or index >= len(weights) else weights[index]
 
     @staticmethod
     def _shape(input_shape) -> tuple:
@@ -116,55 +143,61 @@ class Conv2D:
     def build(self, input_shape) -> None:
         """Create the weights for inputs of ``input_shape`` (only C_in matters)."""
         cin = self._shape(input_shape)[-1]
-        kh, kw = self.kernel_size
-        fan_in, fan_out = kh * kw * cin, kh * kw * self.filters
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        rng = np.random.default_rng()
-        kernel = aligned_copy(rng.uniform(-limit, limit, (kh, kw, cin, self.filters)), self.dtype)
-        bias = aligned_copy(np.zeros(self.filters), self.dtype) if self.use_bias else None
+        self._check_channels(cin)
+        weights = tuple(aligned_copy(w, self.dtype) for w in self._initial(np.random.default_rng(), cin))
         with self._lock:
-            self.bias, self.kernel = bias, kernel
+            self._weights = weights
+
+    def _check_channels(self, cin: int) -> None:
+        """A layer with channel constraints (groups) refuses other channel counts here."""
 
     @property
     def weights(self) -> list[np.ndarray]:
         return self.get_weights()
 
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of ``[kernel, bias]`` (``[kernel]`` without bias)."""
-        if not self.built:
-            return []
-        out = [self.kernel.copy()]
-        if self.use_bias:
-            out.append(self.bias.copy())
-        return out
+        """Copies of the weights, in Keras' order (empty before the layer is built)."""
+        weights = self._weights
+        return [] if weights is None else [w.copy() for w in weights]
 
     def set_weights(self, weights) -> None:
-        """Replace the weights with copies of ``[kernel, bias]`` (``[kernel]`` without bias)."""
+        """Replace the weights with copies of ``weights``, in Keras' order."""
         if not isinstance(weights, (list, tuple)):
-            raise TypeError(f"weights must be a list [kernel, bias], got {type(weights).__name__}")
-        expected = 2 if self.use_bias else 1
-        if len(weights) != expected:
-            raise ValueError(f"weights must hold {expected} arrays, got {len(weights)}")
-        kernel = np.asarray(weights[0])
-        if kernel.dtype.kind not in "biuf":
-            raise TypeError(f"kernel weights must be real numbers, got dtype {kernel.dtype}")
-        if kernel.ndim != 4 or kernel.shape[:2] != self.kernel_size or kernel.shape[3] != self.filters:
-            expected = (*self.kernel_size, "C_in", self.filters)
-            raise ValueError(f"kernel weights must have shape {expected}, got {kernel.shape}")
-        if self.built and kernel.shape != self.kernel.shape:
-            raise ValueError(f"kernel weights must have shape {self.kernel.shape}, got {kernel.shape}")
-        bias = None
-        if self.use_bias:
-            bias = np.asarray(weights[1])
-            if bias.dtype.kind not in "biuf":
-                raise TypeError(f"bias weights must be real numbers, got dtype {bias.dtype}")
-            if bias.shape != (self.filters,):
-                raise ValueError(f"bias weights must have shape {(self.filters,)}, got {bias.shape}")
-            bias = aligned_copy(bias, self.dtype)
+            names = ", ".join(self.weight_names)
+            raise TypeError(f"weights must be a list [{names}], got {type(weights).__name__}")
+        if len(weights) != len(self.weight_names):
+            raise ValueError(
+                f"weights must hold {len(self.weight_names)} arrays ({', '.join(self.weight_names)}), "
+                f"got {len(weights)}"
+            )
+        arrays = []
+        for name, value in zip(self.weight_names, weights, strict=True):
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"{name} weights must be real numbers, got dtype {arr.dtype}")
+            arrays.append(arr)
+        first = arrays[0]
+        if first.ndim != 4:
+            raise ValueError(f"{self.weight_names[0]} weights must be 4-D, got shape {first.shape}")
+        cin = self._cin_of(first.shape)
+        if cin < 1:
+            raise ValueError(
+                f"{self.weight_names[0]} weights must have input channels, got shape {first.shape}"
+            )
+        self._check_channels(cin)
+        expected = self._weight_shapes(cin)
+        built = self._weights
+        for name, arr, shape, index in zip(
+            self.weight_names, arrays, expected, range(len(arrays)), strict=True
+        ):
+            if arr.shape != shape:
+                raise ValueError(f"{name} weights must have shape {shape}, got {arr.shape}")
+            if built is not None and arr.shape != built[index].shape:
+                raise ValueError(f"{name} weights must have shape {built[index].shape}, got {arr.shape}")
         # The layer's own copies, aligned so that a CPU device reads them in place.
-        kernel = aligned_copy(kernel, self.dtype)
+        copies = tuple(aligned_copy(arr, self.dtype) for arr in arrays)
         with self._lock:
-            self.bias, self.kernel = bias, kernel
+            self._weights = copies
 
     def __call__(self, x):
         """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray."""
@@ -175,28 +208,28 @@ class Conv2D:
         if len(x.shape) != 4:
             raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
         with self._lock:
-            kernel, bias = self.kernel, self.bias
-        if kernel is None:
+            weights = self._weights
+        if weights is None:
             with self._build_lock:  # the first call builds, once; the others wait for it
                 if not self.built:
                     self.build(x.shape)
             with self._lock:
-                kernel, bias = self.kernel, self.bias
-        out = conv2d(
-            x,
-            kernel,
-            bias,
+                weights = self._weights
+        out = self._forward(x, weights)
+        return out.get() if is_device_array(out) else out
+
+    def _geometry_kwargs(self) -> dict:
+        return dict(
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            activation=self.activation,
-            device=self.device,
+            padding_mode=self.padding_mode,
         )
-        return out.get() if is_device_array(out) else out
 
     def compute_output_shape(self, input_shape) -> tuple:
         """Output shape for ``input_shape`` (N, H, W, C_in); unknown sizes stay ``None``."""
         shape = self._shape(input_shape)
+        self._check_channels(shape[-1])
         spatial = []
         for axis in range(2):
             n = shape[1 + axis]
@@ -214,27 +247,269 @@ class Conv2D:
             if size < 1:
                 raise ValueError(f"input_shape {input_shape!r} is too small for the dilated kernel")
             spatial.append(size)
-        return (shape[0], *spatial, self.filters)
+        return (shape[0], *spatial, self._channels_out(shape[-1]))
 
     def get_config(self) -> dict:
-        """The constructor's arguments; ``Conv2D(**layer.get_config())`` rebuilds the layer."""
+        """The constructor's arguments; ``type(layer)(**layer.get_config())`` rebuilds the layer."""
         return {
-            "filters": self.filters,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
             "padding": self.padding,
             "dilation_rate": self.dilation_rate,
             "activation": self.activation,
             "use_bias": self.use_bias,
+            "padding_mode": self.padding_mode,
             "dtype": self.dtype.name,
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> Conv2D:
+    def from_config(cls, config: dict):
         return cls(**config)
 
     def __repr__(self) -> str:
-        return (
-            f"Conv2D(filters={self.filters}, kernel_size={self.kernel_size}, strides={self.strides}, "
-            f"padding={self.padding!r}, dilation_rate={self.dilation_rate}, activation={self.activation!r})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "dtype")
+        return f"{type(self).__name__}({args})"
+
+
+class Conv2D(_Layer):
+    """A 2-D dilated convolution layer with Keras' constructor and methods.
+
+    Parameters
+    ----------
+    filters : int
+        Output channels.
+    kernel_size : int or (int, int)
+    strides, padding, dilation_rate, activation, groups, padding_mode
+        As for :func:`clatrous.conv2d`.
+    use_bias : bool
+    dtype : {"float32", "float64"}
+        The weights' dtype; inputs are cast to it, as Keras does.
+    device : pyopencl Device, Context or CommandQueue, optional
+
+    Examples
+    --------
+    >>> import numpy as np, clatrous
+    >>> layer = clatrous.Conv2D(1, (2, 2), dilation_rate=2)
+    >>> layer.build((None, 4, 4, 1))
+    >>> layer.set_weights([np.array([[10, -8], [15, -2]]).reshape(2, 2, 1, 1), np.zeros(1)])
+    >>> simg = np.array([[4, 5, 8, 7], [1, 8, 8, 8], [3, 6, 6, 4], [6, 5, 7, 8]], np.float32)
+    >>> layer(simg[None, :, :, None])[0, :, :, 0]
+    array([[ 9., 76.],
+           [22., 75.]], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        dtype="float32",
+        device=None,
+        groups=1,
+        padding_mode="zeros",
+    ):
+        self.filters = _positive_int(filters, "filters")
+        self.groups = _positive_int(groups, "groups")
+        if self.filters % self.groups:
+            raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
+        super().__init__(
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
         )
+        self.weight_names = ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    @property
+    def kernel(self):
+        return self._weight(0)
+
+    @property
+    def bias(self):
+        return self._weight(1) if self.use_bias else None
+
+    def _check_channels(self, cin: int) -> None:
+        if cin % self.groups:
+            raise ValueError(f"groups={self.groups} must divide the input channels, got {cin}")
+
+    def _cin_of(self, first_weight_shape):
+        return first_weight_shape[2] * self.groups
+
+    def _weight_shapes(self, cin):
+        shapes = [(*self.kernel_size, cin // self.groups, self.filters)]
+        return shapes + [(self.filters,)] if self.use_bias else shapes
+
+    def _initial(self, rng, cin):
+        kh, kw = self.kernel_size
+        per = cin // self.groups
+        out = [_glorot(rng, (kh, kw, per, self.filters), kh * kw * per, kh * kw * self.filters)]
+        return out + [np.zeros(self.filters)] if self.use_bias else out
+
+    def _channels_out(self, cin):
+        return self.filters
+
+    def _forward(self, x, weights):
+        return conv2d(
+            x,
+            weights[0],
+            weights[1] if self.use_bias else None,
+            activation=self.activation,
+            groups=self.groups,
+            device=self.device,
+            **self._geometry_kwargs(),
+        )
+
+    def get_config(self) -> dict:
+        return {"filters": self.filters, **super().get_config(), "groups": self.groups}
+
+
+class DepthwiseConv2D(_Layer):
+    """Keras ``DepthwiseConv2D``: each input channel convolved with ``depth_multiplier`` filters.
+
+    Output channel ``c * depth_multiplier + m`` is input channel ``c`` through
+    filter ``m``.  Weights: ``[depthwise_kernel (kh, kw, C_in, M), bias (C_in * M,)]``.
+    Arguments as :class:`Conv2D`; see :func:`clatrous.depthwise_conv2d`.
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        depth_multiplier=1,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        padding_mode="zeros",
+        dtype="float32",
+        device=None,
+    ):
+        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
+        super().__init__(
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
+        )
+        self.weight_names = ("depthwise_kernel", "bias") if self.use_bias else ("depthwise_kernel",)
+
+    @property
+    def depthwise_kernel(self):
+        return self._weight(0)
+
+    @property
+    def bias(self):
+        return self._weight(1) if self.use_bias else None
+
+    def _weight_shapes(self, cin):
+        shapes = [(*self.kernel_size, cin, self.depth_multiplier)]
+        return shapes + [(cin * self.depth_multiplier,)] if self.use_bias else shapes
+
+    def _initial(self, rng, cin):
+        kh, kw = self.kernel_size
+        m = self.depth_multiplier
+        out = [_glorot(rng, (kh, kw, cin, m), kh * kw, kh * kw * m)]
+        return out + [np.zeros(cin * m)] if self.use_bias else out
+
+    def _channels_out(self, cin):
+        return cin * self.depth_multiplier
+
+    def _forward(self, x, weights):
+        return depthwise_conv2d(
+            x,
+            weights[0],
+            weights[1] if self.use_bias else None,
+            activation=self.activation,
+            device=self.device,
+            **self._geometry_kwargs(),
+        )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier}
+
+
+class SeparableConv2D(_Layer):
+    """Keras ``SeparableConv2D``: a depthwise dilated convolution, then a 1x1 one.
+
+    The depthwise step (``depth_multiplier`` filters per channel, at
+    ``strides``, ``padding``, ``padding_mode`` and ``dilation_rate``) has no
+    bias; the pointwise 1x1 step to ``filters`` channels adds the bias and
+    applies the activation, as in Keras.  Weights: ``[depthwise_kernel (kh,
+    kw, C_in, M), pointwise_kernel (1, 1, C_in * M, filters), bias (filters,)]``.
+
+    Both steps run on the device, the second ordered after the first by an
+    event: the intermediate never comes back to the host.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        depth_multiplier=1,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        padding_mode="zeros",
+        dtype="float32",
+        device=None,
+    ):
+        self.filters = _positive_int(filters, "filters")
+        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
+        super().__init__(
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
+        )
+        names = ("depthwise_kernel", "pointwise_kernel")
+        self.weight_names = (*names, "bias") if self.use_bias else names
+
+    @property
+    def depthwise_kernel(self):
+        return self._weight(0)
+
+    @property
+    def pointwise_kernel(self):
+        return self._weight(1)
+
+    @property
+    def bias(self):
+        return self._weight(2) if self.use_bias else None
+
+    def _weight_shapes(self, cin):
+        m = self.depth_multiplier
+        shapes = [(*self.kernel_size, cin, m), (1, 1, cin * m, self.filters)]
+        return shapes + [(self.filters,)] if self.use_bias else shapes
+
+    def _initial(self, rng, cin):
+        kh, kw = self.kernel_size
+        m = self.depth_multiplier
+        out = [
+            _glorot(rng, (kh, kw, cin, m), kh * kw, kh * kw * m),
+            _glorot(rng, (1, 1, cin * m, self.filters), cin * m, self.filters),
+        ]
+        return out + [np.zeros(self.filters)] if self.use_bias else out
+
+    def _channels_out(self, cin):
+        return self.filters
+
+    def _forward(self, x, weights):
+        bias = weights[2] if self.use_bias else None
+
+        def both(x_in):
+            middle = depthwise_conv2d(x_in, weights[0], device=self.device, **self._geometry_kwargs())
+            return conv2d(middle, weights[1], bias, activation=self.activation, device=self.device)
+
+        if is_device_array(x):
+            return both(x)
+        try:
+            # On the device from the start: the depthwise result stays there
+            # and the pointwise kernel waits for it by its event.
+            import pyopencl.array as cl_array
+
+            queue = get_runtime(self.device).queue
+            return both(cl_array.to_device(queue, np.ascontiguousarray(x)))
+        except DeviceMemoryError:
+            # Too large to keep on the device at once: two host calls, each split.
+            middle = depthwise_conv2d(x, weights[0], device=self.device, **self._geometry_kwargs())
+            return conv2d(middle, weights[1], bias, activation=self.activation, device=self.device)
+
+    def get_config(self) -> dict:
+        return {"filters": self.filters, **super().get_config(), "depth_multiplier": self.depth_multiplier}

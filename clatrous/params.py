@@ -108,11 +108,17 @@ def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple
     from .variants import TILED  # the one variant whose default depends on its own space
 
     itemsize = np.dtype(dtype).itemsize
+    max_vw = _MAX_VW.get((info.kind, itemsize), 4)
+    if g.groups > 1:
+        if g.groups == g.cin:  # depthwise: vectors along the channels
+            vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cin % v == 0)
+            multiplier = g.cout // g.cin
+            return "depthwise", {"VW": vw, "PX": 4 if multiplier <= 2 else 2}
+        return "direct", {}
     if g.cin == 1 and g.cout == 1:
         if info.kind == "cpu":
             return "plane", {"VW": 16 if itemsize == 4 else 8, "RB": 4}
         return "plane", {"VW": 4, "RB": 2}
-    max_vw = _MAX_VW.get((info.kind, itemsize), 4)
     vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cout % v == 0)
     if info.kind != "cpu":
         return "blocked", {"VW": vw, "NV": max(1, min(2, g.cout // vw)), "PX": 2}
@@ -184,6 +190,8 @@ def database_path() -> Path:
 def class_key(op: Operation, g: ConvGeometry, dtype: np.dtype) -> str:
     """Calls that share this key share a tuned configuration."""
     key = f"{np.dtype(dtype).name} cin={g.cin} cout={g.cout} k={g.kh}x{g.kw} s={g.sh}x{g.sw} d={g.dh}x{g.dw}"
+    if g.groups > 1:
+        key += f" g={g.groups}"
     return key if op.name == "conv2d" else f"{op.name} {key}"
 
 

@@ -18,12 +18,22 @@ any device kernel.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from .arguments import Prepared, is_device_array, prepare
+from .arguments import Prepared, is_device_array, prepare, prepare_depthwise
 from .geometry import ConvGeometry
 
-__all__ = ["apply_activation", "conv1d", "conv2d", "conv_prepared", "dilate", "error_bound"]
+__all__ = [
+    "apply_activation",
+    "conv1d",
+    "conv2d",
+    "conv_prepared",
+    "depthwise_conv2d",
+    "dilate",
+    "error_bound",
+]
 
 
 def apply_activation(values: np.ndarray, activation: str) -> np.ndarray:
@@ -49,9 +59,35 @@ def _valid_outputs(n: int, out: int, s: int, pad: int, offset: int) -> tuple[int
     return lo, max(lo, hi)
 
 
+#: np.pad's name for each padding_mode but zeros.
+NP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap", "symmetric": "symmetric"}
+
+
+def _padded(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, ConvGeometry]:
+    """For a border other than zeros: the input padded by np.pad, and the geometry without padding."""
+    pads = ((0, 0), (g.pad_top, g.pad_bottom), (g.pad_left, g.pad_right), (0, 0))
+    x = np.pad(x, pads, mode=NP_PAD_MODES[g.border])
+    g = dataclasses.replace(
+        g, h=x.shape[1], w=x.shape[2], pad_top=0, pad_bottom=0, pad_left=0, pad_right=0, border="zeros"
+    )
+    return x, g
+
+
+def _tap(x_view: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
+    """One tap: ``x_view (..., C_in)`` times ``weights (C_in // groups, C_out)``, group by group."""
+    if groups == 1:
+        return x_view @ weights
+    cin_g, cout = weights.shape
+    xs = x_view.reshape(*x_view.shape[:-1], groups, 1, cin_g)
+    ws = weights.reshape(cin_g, groups, cout // groups).transpose(1, 0, 2)
+    return (xs @ ws).reshape(*x_view.shape[:-1], cout)
+
+
 def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.ndarray:
     x = np.asarray(_to_host(x), dtype=np.float64)
     kernel = np.asarray(_to_host(kernel), dtype=np.float64)
+    if g.border != "zeros":
+        x, g = _padded(x, g)
     out = np.zeros((g.n, g.ho, g.wo, g.cout), dtype=np.float64)
     for ky in range(g.kh):
         r0, r1 = _valid_outputs(g.h, g.ho, g.sh, g.pad_top, ky * g.dh)
@@ -67,7 +103,7 @@ def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.n
             )
             # Only the outputs whose tap reads the input: a tap in the padding
             # contributes nothing (so an Inf weight there gives no 0 * Inf).
-            out[:, r0:r1, c0:c1, :] += x[:, rows, cols, :] @ kernel[ky, kx]
+            out[:, r0:r1, c0:c1, :] += _tap(x[:, rows, cols, :], kernel[ky, kx], g.groups)
     if bias is not None:
         out += np.asarray(_to_host(bias), dtype=np.float64)
     return apply_activation(out, activation).astype(dtype)
@@ -76,13 +112,22 @@ def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.n
 def conv_prepared(p: Prepared) -> np.ndarray:
     """A validated call (:func:`clatrous.arguments.prepare`) in the launch layout ``(N, Ho, Wo, C_out)``."""
     x = np.asarray(_to_host(p.x)).reshape(p.geometry.n, p.geometry.h, p.geometry.w, p.geometry.cin)
-    kernel = np.asarray(_to_host(p.kernel)).reshape(
-        p.geometry.kh, p.geometry.kw, p.geometry.cin, p.geometry.cout
-    )
+    kernel = np.asarray(_to_host(p.kernel)).reshape(p.geometry.kernel_shape)
     return _conv_nhwc(x, kernel, p.bias, p.geometry, p.activation, p.dtype)
 
 
-def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
+def conv2d(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    activation=None,
+    groups=1,
+    padding_mode="zeros",
+):
     """Reference 2-D dilated cross-correlation; see :func:`clatrous.conv2d`."""
     p = prepare(
         x,
@@ -93,12 +138,25 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1,
         dilation_rate=dilation_rate,
         activation=activation,
         ndim=2,
+        groups=groups,
+        padding_mode=padding_mode,
     )
     out = _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
     return out[0, :, :, 0] if p.squeeze else out
 
 
-def conv1d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1, activation=None):
+def conv1d(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    activation=None,
+    groups=1,
+    padding_mode="zeros",
+):
     """Reference 1-D dilated cross-correlation; see :func:`clatrous.conv1d`."""
     p = prepare(
         x,
@@ -109,6 +167,8 @@ def conv1d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1,
         dilation_rate=dilation_rate,
         activation=activation,
         ndim=1,
+        groups=groups,
+        padding_mode=padding_mode,
     )
     x4 = np.asarray(_to_host(p.x))[:, None, :, :]
     k4 = np.asarray(_to_host(p.kernel))[None]
@@ -116,8 +176,42 @@ def conv1d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1,
     return out[0, :, 0] if p.squeeze else out
 
 
+def depthwise_conv2d(
+    x,
+    kernel,
+    bias=None,
+    *,
+    strides=1,
+    padding="valid",
+    padding_mode="zeros",
+    dilation_rate=1,
+    activation=None,
+):
+    """Reference depthwise dilated convolution; see :func:`clatrous.depthwise_conv2d`."""
+    p = prepare_depthwise(
+        x,
+        kernel,
+        bias,
+        strides=strides,
+        padding=padding,
+        padding_mode=padding_mode,
+        dilation_rate=dilation_rate,
+        activation=activation,
+    )
+    return _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
+
+
 def error_bound(
-    x, kernel, dtype, *, ndim: int = 2, strides=1, padding="valid", dilation_rate=1
+    x,
+    kernel,
+    dtype,
+    *,
+    ndim: int = 2,
+    strides=1,
+    padding="valid",
+    dilation_rate=1,
+    groups=1,
+    padding_mode="zeros",
 ) -> np.ndarray:
     """Largest error, element by element, that a correct kernel may make.
 
@@ -125,12 +219,22 @@ def error_bound(
     ``K * eps * sum(|x| * |w|)``; relu, sigmoid and tanh only shrink errors.
     The sum of magnitudes is itself a convolution, of ``|x|`` by ``|w|``.
     The tests and the tuner accept a device result when every element lies
-    within this bound of :func:`conv2d` / :func:`conv1d`.
+    within this bound of :func:`conv2d` / :func:`conv1d`.  (A depthwise
+    kernel ``(kh, kw, C, M)`` is bounded as the grouped one it is:
+    ``kernel.reshape(kh, kw, 1, C * M)`` with ``groups=C``.)
     """
     conv = conv1d if ndim == 1 else conv2d
     x = np.abs(np.asarray(_to_host(x), np.float64))
     kernel = np.abs(np.asarray(_to_host(kernel), np.float64))
-    magnitude = conv(x, kernel, strides=strides, padding=padding, dilation_rate=dilation_rate)
+    magnitude = conv(
+        x,
+        kernel,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        padding_mode=padding_mode,
+    )
     terms = int(np.prod(kernel.shape[:-1])) if kernel.ndim > ndim else int(np.prod(kernel.shape))
     eps = np.finfo(dtype).eps
     return 4 * eps * (terms + 2) * (magnitude + 1.0) + np.finfo(dtype).tiny

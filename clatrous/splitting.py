@@ -7,6 +7,12 @@ first; when one image is still too large, its output is cut into bands of
 rows (of columns for a 1-D signal), each computed from the input rows it
 reads, its dilated halo included, with the padding its position implies.
 
+Under a border other than zeros, a band's input is its rows (or columns)
+gathered through the same index map the kernels use
+(:func:`clatrous.geometry.border_index`), halo included, so that a band
+near the edge reads exactly what the whole image would; the band then needs
+no padding along its axis.
+
 Each output element is computed by the same kernel from the same taps in the
 same order as in one piece, so the split result equals the one-piece result
 bit for bit.
@@ -20,7 +26,7 @@ import numpy as np
 
 from .arguments import Prepared
 from .errors import DeviceMemoryError
-from .geometry import ConvGeometry, conv_geometry
+from .geometry import ConvGeometry, border_index, conv_geometry
 
 __all__ = ["Piece", "plan_pieces", "sub_problem"]
 
@@ -64,7 +70,7 @@ def plan_pieces(
     g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, *, resident_input: bool = False
 ) -> list[Piece]:
     """The pieces to launch, in order; one piece when the whole problem fits."""
-    weights = (g.kh * g.kw * g.cin * g.cout + g.cout) * itemsize
+    weights = (g.kh * g.kw * g.cin_per_group * g.cout + g.cout) * itemsize
 
     def fits(n: int, h: int, w: int, ho: int, wo: int) -> bool:
         x_bytes = n * h * w * g.cin * itemsize
@@ -78,7 +84,7 @@ def plan_pieces(
     if fits(g.n, g.h, g.w, g.ho, g.wo):
         return [Piece(0, g.n)]
     sizes = (
-        f"x {(g.n, g.h, g.w, g.cin)}, kernel {(g.kh, g.kw, g.cin, g.cout)}, output {g.output_shape}, "
+        f"x {(g.n, g.h, g.w, g.cin)}, kernel {g.kernel_shape}, output {g.output_shape}, "
         f"{itemsize}-byte elements; largest buffer {max_alloc} bytes, budget {budget} bytes"
     )
     if resident_input:
@@ -92,7 +98,7 @@ def plan_pieces(
 
     def band_fits(axis: int, count: int) -> bool:
         start, end, size = _input_range(g, axis, 0, count)
-        reads = min(end - start, size)
+        reads = min(end - start, size) if g.border == "zeros" else end - start
         if axis == 1:
             return fits(1, reads, g.w, count, g.wo)
         return fits(1, g.h, reads, g.ho, count)
@@ -126,11 +132,11 @@ def plan_pieces(
     merged = []
     for band in bands:
         start, end, size = _input_range(g, axis, *band)
-        if max(start, 0) >= min(end, size) and merged:
+        if g.border == "zeros" and max(start, 0) >= min(end, size) and merged:
             merged[-1][1] = band[1]
         else:
             merged.append(band)
-    if len(merged) > 1:
+    if len(merged) > 1 and g.border == "zeros":
         start, end, size = _input_range(g, axis, *merged[0])
         if max(start, 0) >= min(end, size):
             merged[1][0] = merged[0][0]
@@ -149,12 +155,19 @@ def sub_problem(prepared: Prepared, x4: np.ndarray, piece: Piece) -> Prepared:
         index[piece.axis] = slice(a, b)
         pads[piece.axis - 1] = [a - start, end - b]
     x = x4[tuple(index)]
-    kernel = prepared.kernel.reshape(g.kh, g.kw, g.cin, g.cout)
+    if piece.axis and g.border != "zeros":
+        # The band's input through the border map, halo included: no padding along the axis.
+        taken = [border_index(i, size, g.border) for i in range(start, end)]
+        x = np.take(x4[piece.n0 : piece.n1], taken, axis=piece.axis)
+        pads[piece.axis - 1] = [0, 0]
+    kernel = prepared.kernel.reshape(g.kernel_shape)
     geometry = conv_geometry(
         x.shape,
         kernel.shape,
         strides=(g.sh, g.sw),
         padding=tuple(tuple(p) for p in pads),
         dilation_rate=(g.dh, g.dw),
+        groups=g.groups,
+        padding_mode=g.border,
     )
     return Prepared(x, kernel, prepared.bias, geometry, prepared.dtype, prepared.activation, False)

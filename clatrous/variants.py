@@ -37,11 +37,12 @@ from types import MappingProxyType
 import numpy as np
 
 from .arguments import ACTIVATIONS
-from .geometry import ConvGeometry
+from .geometry import BORDERS, ConvGeometry
 
 __all__ = [
     "BLOCKED",
     "CONV2D_VARIANTS",
+    "DEPTHWISE",
     "DIRECT",
     "PLANE",
     "TILED",
@@ -255,7 +256,11 @@ def make_plan(
     config = variant.complete(config)
     if not variant.applies(g, config):
         raise ValueError(f"variant {variant.name!r} with {config} cannot compute {g}")
-    options = _common_options(dtype, activation, has_bias) + list(variant.options(g, config))
+    options = [
+        *_common_options(dtype, activation, has_bias),
+        f"-DBORDER={BORDERS[g.border]}",
+        *variant.options(g, config),
+    ]
     global_size, local_size = _ndrange(*variant.ndrange(g, config))
     return Plan(
         variant=variant.name,
@@ -287,7 +292,7 @@ DIRECT = Variant(
     defaults={"LOCAL0": 0, "LOCAL1": 0},  # the driver chooses the work-group
     constraints=(lambda c: (c["LOCAL0"] == 0) == (c["LOCAL1"] == 0),),
     options=lambda g, c: [],
-    scalars=lambda g, c: (*_sizes(g), g.kh, g.kw, *_steps(g)),
+    scalars=lambda g, c: (*_sizes(g), g.kh, g.kw, *_steps(g), g.groups),
     ndrange=lambda g, c: ((g.cout, g.wo, g.n * g.ho), _direct_local(c)),
 )
 
@@ -313,8 +318,8 @@ BLOCKED = Variant(
     kernel="conv2d_blocked",
     parameters={"VW": _VW, "NV": (1, 2, 4), "PX": (1, 2, 4, 6, 8)},
     constraints=(_channel_block_fits,),
-    applies=lambda g, c: g.cout % c["VW"] == 0,
-    narrow=lambda g, dtype: {"VW": [v for v in _VW if g.cout % v == 0]},
+    applies=lambda g, c: g.groups == 1 and g.cout % c["VW"] == 0,
+    narrow=lambda g, dtype: {"VW": [v for v in _VW if g.cout % v == 0]} if g.groups == 1 else None,
     worth=_cout_fits,
     options=lambda g, c: [f"-DVW={c['VW']}", f"-DNV={c['NV']}", f"-DPX={c['PX']}", *_extent(g)],
     scalars=lambda g, c: (*_sizes(g), *_steps(g)),
@@ -359,7 +364,7 @@ def tiled_spans(g: ConvGeometry, px: int, block_bytes: int) -> list[tuple[int, i
 
 
 def _tiled_narrow(g: ConvGeometry, dtype: np.dtype) -> dict | None:
-    if g.cin < 32:
+    if g.cin < 32 or g.groups != 1:
         return None  # one tile would hold every channel: that is the blocked variant
     vw = 16 if g.cout % 16 == 0 else 8  # the tiled form pays off with wide vectors only
     if g.cout % vw:
@@ -404,7 +409,7 @@ TILED = _TiledVariant(
         "RW": range(1, 1025),
     },
     constraints=(_channel_block_fits,),  # local memory: the device decides (params.fits)
-    applies=lambda g, c: g.cout % c["VW"] == 0,
+    applies=lambda g, c: g.groups == 1 and g.cout % c["VW"] == 0,
     worth=_cout_fits,
     local_bytes=_tiled_local_bytes,
     options=lambda g, c: [
@@ -458,5 +463,30 @@ PLANE = Variant(
     ndrange=_plane_ndrange,
 )
 
-#: The variants of the dense convolution, in the order the tuner walks them.
-CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE)
+# ---------------------------------------------------------------- depthwise
+
+
+def is_depthwise(g: ConvGeometry) -> bool:
+    """One input channel per group: each channel convolved with its own filters."""
+    return g.groups == g.cin
+
+
+DEPTHWISE = Variant(
+    name="depthwise",
+    source="conv2d_depthwise.cl",
+    kernel="conv2d_depthwise",
+    parameters={"VW": _VW, "PX": (1, 2, 4, 8)},
+    applies=lambda g, c: is_depthwise(g) and g.cin % c["VW"] == 0,
+    narrow=lambda g, dtype: {"VW": [v for v in _VW if g.cin % v == 0]} if is_depthwise(g) else None,
+    options=lambda g, c: [
+        f"-DVW={c['VW']}",
+        f"-DPX={c['PX']}",
+        f"-DM={g.cout // g.cin}",
+        *_extent(g),
+    ],
+    scalars=lambda g, c: (g.h, g.w, g.cin, g.ho, g.wo, *_steps(g)),
+    ndrange=lambda g, c: ((g.cin // c["VW"], _ceil_div(g.wo, c["PX"]), g.n * g.ho), None),
+)
+
+#: The variants of the (dense or grouped) convolution, in the order the tuner walks them.
+CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE)

@@ -71,8 +71,8 @@ static inline void accumulate(const int NPX, realv acc[PX][NV], const __global R
     const int ix_base = ox0 * SW - PL;
 #pragma unroll
     for (int ky = 0; ky < KH; ++ky) {
-        const int iy = oy * SH - PT + ky * DH;
-        if (iy < 0 || iy >= H) continue;            // a whole row of taps in the padding
+        const int iy = border_index(oy * SH - PT + ky * DH, H);
+        if (iy < 0) continue;                       // a whole row of taps in the zero padding
         const __global REAL *xrow = x + ((long)n * H + iy) * W * CIN;
 #pragma unroll
         for (int kx = 0; kx < KW; ++kx) {
@@ -95,13 +95,14 @@ static inline void accumulate(const int NPX, realv acc[PX][NV], const __global R
                     wt += COUT;
                 }
             } else {
-                // Edge: pixels whose tap falls in the padding skip it.
+                // Edge: pixels whose tap falls in the zero padding skip it;
+                // under another border the tap reads where border_index says.
                 int off[PX], inside[PX];
                 int any = 0;
 #pragma unroll
                 for (int p = 0; p < PX; ++p) {
-                    const int ix = ix0 + p * SW;
-                    inside[p] = p < NPX && ix >= 0 && ix < W;
+                    const int ix = border_index(ix0 + p * SW, W);
+                    inside[p] = p < NPX && ix >= 0;
                     off[p] = inside[p] ? ix * CIN : 0;
                     any |= inside[p];
                 }

@@ -6,7 +6,9 @@
 //   PRECISION   32: float, 64: double (needs cl_khr_fp64)
 //   ACTIVATION  0 linear, 1 relu, 2 sigmoid, 3 tanh
 //   HAS_BIAS    1: the kernel adds a bias before the activation
-//   BORDER      how an index outside [0, n) reads: 0 zeros (the only mode so far)
+//   BORDER      what an index outside [0, n) reads: 0 zeros, 1 reflect,
+//               2 replicate, 3 circular, 4 symmetric (np.pad's constant,
+//               reflect, edge, wrap and symmetric, at any pad width)
 #ifndef CLATROUS_COMMON_H
 #define CLATROUS_COMMON_H
 
@@ -56,14 +58,37 @@
 #error "HAS_BIAS must be 0 or 1"
 #endif
 
-// Where input index i of an axis of length n reads from, or -1 where the tap
-// falls in the padding and contributes nothing (not a multiply by zero: an
-// Inf or NaN weight on a padded tap adds nothing either).  A border mode
-// other than zeros will map i back into [0, n) here.
+// Where input index i of an axis of length n reads from: an index in [0, n),
+// or -1 where the tap falls in the zero padding and contributes nothing (not
+// a multiply by zero: an Inf or NaN weight on a padded tap adds nothing
+// either).  The other borders read real input: reflect and symmetric are
+// periodic (periods 2n - 2 and 2n), which is what np.pad gives for a pad of
+// any width, reflecting again and again; circular wraps, replicate clamps.
+// The test in [0, n) comes first, so the interior pays one compare.
+static inline int border_index(const int i, const int n)
+{
+    if (i >= 0 && i < n) return i;
 #if BORDER == 0
-static inline int border_index(const int i, const int n) { return (i >= 0 && i < n) ? i : -1; }
+    return -1;
+#elif BORDER == 1
+    if (n == 1) return 0;
+    const int period = 2 * n - 2;
+    int m = i % period;
+    if (m < 0) m += period;
+    return m < n ? m : period - m;
+#elif BORDER == 2
+    return clamp(i, 0, n - 1);
+#elif BORDER == 3
+    int m = i % n;
+    return m < 0 ? m + n : m;
+#elif BORDER == 4
+    const int period = 2 * n;
+    int m = i % period;
+    if (m < 0) m += period;
+    return m < n ? m : period - 1 - m;
 #else
-#error "BORDER must be 0 (zeros)"
+#error "BORDER must be 0 (zeros), 1 (reflect), 2 (replicate), 3 (circular) or 4 (symmetric)"
 #endif
+}
 
 #endif // CLATROUS_COMMON_H

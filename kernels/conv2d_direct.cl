@@ -8,14 +8,16 @@
 //   x    (N, H, W, CIN)          input, from element XOFF of its buffer (a run-time
 //                                argument, the last one, so a host array can be
 //                                shared from an aligned address before it)
-//   w    (KH, KW, CIN, COUT)     weights
+//   w    (KH, KW, CIN / G, COUT) weights; output channel co reads the CIN / G
+//                                input channels of group co / (COUT / G)
 //   bias (COUT) or NULL          only read when HAS_BIAS
 //   y    (N, HO, WO, COUT)       output
 // NDRange: dim0 = COUT, dim1 = WO (both may be rounded up), dim2 = N * HO exactly.
 // Work-item (co, ox, n*HO + oy) computes y[n, oy, ox, co]:
-//   sum over ky, kx, ci of x[n, oy*SH - PT + ky*DH, ox*SW - PL + kx*DW, ci] * w[ky, kx, ci, co]
-// over the taps that read the input (a tap in the padding adds nothing); then
-// bias and activation.  Build options: those of common.h only.
+//   sum over ky, kx, ci < CIN/G of
+//     x[n, b(oy*SH - PT + ky*DH), b(ox*SW - PL + kx*DW), grp*CIN/G + ci] * w[ky, kx, ci, co]
+// with b() the border_index of common.h (a tap in the zero padding adds
+// nothing); then bias and activation.  Build options: those of common.h only.
 
 #include "common.h"
 
@@ -26,7 +28,7 @@ __kernel void conv2d_direct(__global const REAL *restrict x,
                             const int H, const int W, const int CIN, const int COUT,
                             const int HO, const int WO, const int KH, const int KW,
                             const int SH, const int SW, const int DH, const int DW,
-                            const int PT, const int PL,
+                            const int PT, const int PL, const int G,
                             const int XOFF)
 {
     x += XOFF;                                      // where x starts in its buffer
@@ -36,6 +38,8 @@ __kernel void conv2d_direct(__global const REAL *restrict x,
     if (co >= COUT || ox >= WO) return;
     const int n = row / HO;
     const int oy = row - n * HO;
+    const int CING = CIN / G;                       // input channels per group
+    const int ci0 = (co / (COUT / G)) * CING;       // this output channel's group's first
 
     REAL acc = (REAL)0;
     for (int ky = 0; ky < KH; ++ky) {
@@ -44,9 +48,9 @@ __kernel void conv2d_direct(__global const REAL *restrict x,
         for (int kx = 0; kx < KW; ++kx) {
             const int ix = border_index(ox * SW - PL + kx * DW, W);
             if (ix < 0) continue;
-            const __global REAL *xp = x + (((long)n * H + iy) * W + ix) * CIN;
-            const __global REAL *wp = w + (long)(ky * KW + kx) * CIN * COUT + co;
-            for (int ci = 0; ci < CIN; ++ci) {
+            const __global REAL *xp = x + (((long)n * H + iy) * W + ix) * CIN + ci0;
+            const __global REAL *wp = w + (long)(ky * KW + kx) * CING * COUT + co;
+            for (int ci = 0; ci < CING; ++ci) {
                 acc += xp[ci] * wp[(long)ci * COUT];
             }
         }

@@ -143,18 +143,18 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
     } else {
 #pragma unroll
         for (int t = 0; t < RB + KH - 1; ++t) {
-            const int iy = iy_base + t * DH;
-            if (iy < 0 || iy >= H) continue;        // a whole row of taps in the padding
+            const int iy = border_index(iy_base + t * DH, H);
+            if (iy < 0) continue;                   // a whole row of taps in the zero padding
             const __global REAL *xrow = ximg + (long)iy * W;
 #pragma unroll
             for (int kx = 0; kx < KW; ++kx) {
                 const int ix0 = ix_base + kx * DW;
                 const int ix_last = ix0 + (VW - 1) * SW;
-                if (ix_last < 0 || ix0 >= W) {
-                    continue;                       // every lane in the padding
+                if (BORDER == 0 && (ix_last < 0 || ix0 >= W)) {
+                    continue;                       // every lane in the zero padding
                 } else if (SW == 1 && ix0 >= 0 && ix_last < W) {
                     add_tap(acc, wk, t, kx, LOADU(xrow + ix0));
-                } else {
+                } else if (BORDER == 0) {
                     // Straddles the edge, or strided: every lane loads from a
                     // clamped address (NaN or Inf at the border pixel then
                     // sits in padded lanes too), and the padded lanes keep
@@ -168,6 +168,13 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                         lane_ix.s[i] = ix;
                     }
                     add_tap_masked(acc, wk, t, kx, u.v, lane_ix.v < 0 || lane_ix.v >= W);
+                } else {
+                    // Another border: every lane reads real input, where
+                    // border_index maps it.
+                    lanes u;
+#pragma unroll
+                    for (int i = 0; i < VW; ++i) u.s[i] = xrow[border_index(ix0 + i * SW, W)];
+                    add_tap(acc, wk, t, kx, u.v);
                 }
             }
         }

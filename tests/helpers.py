@@ -15,8 +15,15 @@ def assert_matches_reference(out, x, kernel, bias=None, conv=reference.conv2d, *
     assert out.shape == expected.shape, (out.shape, expected.shape)
     assert out.dtype == expected.dtype, (out.dtype, expected.dtype)
     assert not np.isnan(out).any() or np.isnan(expected).any(), "an output element was never written"
-    geometry = {k: v for k, v in kwargs.items() if k in ("strides", "padding", "dilation_rate")}
+    geometry = {
+        k: v
+        for k, v in kwargs.items()
+        if k in ("strides", "padding", "dilation_rate", "groups", "padding_mode")
+    }
     ndim = 1 if conv is reference.conv1d else 2
+    if conv is reference.depthwise_conv2d:  # bounded as the grouped convolution it is
+        kh, kw, cin, multiplier = kernel.shape
+        kernel, geometry["groups"] = np.reshape(kernel, (kh, kw, 1, cin * multiplier)), cin
     bound = reference.error_bound(x, kernel, out.dtype, ndim=ndim, **geometry)
     error = np.abs(out.astype(np.float64) - expected.astype(np.float64))
     worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else ()

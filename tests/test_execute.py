@@ -30,6 +30,7 @@ def _problem(rng):
     return x, k1, k2
 
 
+@pytest.mark.oclgrind_reuse_false_positive
 def test_device_results_carry_their_event_and_the_next_call_waits_for_it():
     # Found by the adversarial pass: a result used on another queue of the
     # same context was read before its kernel had finished (8 of 10 trials).
@@ -54,6 +55,7 @@ def _out_of_order_queue():
     return cl.CommandQueue(rt.context, rt.device, properties=props)
 
 
+@pytest.mark.oclgrind_reuse_false_positive
 def test_out_of_order_queues_give_the_same_results():
     # Found by the adversarial pass: on an out-of-order queue the read-back
     # did not wait for the kernel (1 of 30 small host calls was wrong).
