@@ -119,7 +119,8 @@ class Workload:
             k = rng.standard_normal((self.kh, self.kw, self.cin, multiplier), dtype=np.float32) / 3
             self.arrays = dict(x=x, k=k, b=rng.standard_normal(self.cin * multiplier, dtype=np.float32))
             if self.kind == "separable":
-                pk = rng.standard_normal((1, 1, self.cin, self.cout), dtype=np.float32) / np.sqrt(self.cin)
+                pk = rng.standard_normal((1, 1, self.cin, self.cout), dtype=np.float32)
+                pk /= np.float32(self.cin**0.5)
                 self.arrays.update(pk=pk, b=rng.standard_normal(self.cout, dtype=np.float32))
             return
         if self.kind == "conv1d":

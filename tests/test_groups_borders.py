@@ -204,6 +204,7 @@ def test_depthwise_layer_loads_keras_weights_as_they_are():
     np.testing.assert_array_equal(again(x), out)
 
 
+@pytest.mark.oclgrind_reuse_false_positive
 def test_separable_layer_is_depthwise_then_pointwise_with_keras_weights():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 11, 10, 3)).astype(np.float32)
