@@ -36,6 +36,8 @@ _device_array_types: dict[type, bool] = {}
 def is_device_array(value) -> bool:
     """True for a ``pyopencl.array.Array`` (checked without importing pyopencl)."""
     cls = type(value)
+    if cls is np.ndarray:
+        return False
     known = _device_array_types.get(cls)
     if known is None:
         known = any(c.__name__ == "Array" and c.__module__.startswith("pyopencl.array") for c in cls.__mro__)
@@ -156,7 +158,7 @@ def prepare(
     args = (strides, padding, dilation_rate, activation, ndim, groups, padding_mode)
     if x_sig is None or k_sig is None or b_sig is None:
         return _prepare(x, kernel, bias, *args)
-    key = (x_sig, k_sig, b_sig, *(repr(a) for a in args))
+    key = (x_sig, k_sig, b_sig, *map(repr, args))
     known = _signatures.get(key)
     if known is None:
         prepared = _prepare(x, kernel, bias, *args)

@@ -12,7 +12,7 @@ launch code only ever see the 2-D form.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 
 __all__ = [
     "BORDERS",
@@ -210,6 +210,15 @@ class ConvGeometry:
     wo: int
     groups: int = 1
     border: str = "zeros"
+    # Computed once: a geometry is part of every launch's cache key, and a
+    # small call (W1) would otherwise hash its nineteen fields each time.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash(astuple(self)[:-1]))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def cin_per_group(self) -> int:

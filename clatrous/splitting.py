@@ -70,7 +70,17 @@ def plan_pieces(
     g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, *, resident_input: bool = False
 ) -> list[Piece]:
     """The pieces to launch, in order; one piece when the whole problem fits."""
-    weights = (g.kh * g.kw * g.cin_per_group * g.cout + g.cout) * itemsize
+    weights = (g.kh * g.kw * (g.cin // g.groups) * g.cout + g.cout) * itemsize
+    # The common case first, without building the closures below (a small
+    # call, W1, is all overhead).
+    x_bytes = g.n * g.h * g.w * g.cin * itemsize
+    y_bytes = g.n * g.ho * g.wo * g.cout * itemsize
+    if (
+        max(x_bytes, y_bytes, weights) <= max_alloc
+        and x_bytes + y_bytes + weights <= budget
+        and max(g.n * g.ho, g.h * g.w, g.w * g.cin, g.wo * g.cout) <= _INT_MAX
+    ):
+        return [Piece(0, g.n)]
 
     def fits(n: int, h: int, w: int, ho: int, wo: int) -> bool:
         x_bytes = n * h * w * g.cin * itemsize
@@ -81,8 +91,6 @@ def plan_pieces(
             and max(n * ho, h * w, w * g.cin, wo * g.cout) <= _INT_MAX
         )
 
-    if fits(g.n, g.h, g.w, g.ho, g.wo):
-        return [Piece(0, g.n)]
     sizes = (
         f"x {(g.n, g.h, g.w, g.cin)}, kernel {g.kernel_shape}, output {g.output_shape}, "
         f"{itemsize}-byte elements; largest buffer {max_alloc} bytes, budget {budget} bytes"

@@ -61,8 +61,21 @@ def aligned_copy(value, dtype) -> np.ndarray:
     return out
 
 
+_COMPLETE = cl.command_execution_status.COMPLETE
+_STATUS = cl.event_info.COMMAND_EXECUTION_STATUS
+
+
 def _pending(value) -> list[cl.Event]:
-    return list(value.events) if value.events else []
+    """The events on a device array that have not completed yet.
+
+    Waiting on a completed event costs PoCL about 3 us a launch (W1 on device
+    arrays: 10 us of 95); asking its status costs less.  An event that failed
+    (a negative status) stays, so the wait reports it.
+    """
+    events = value.events
+    if not events:
+        return []
+    return [event for event in events if event.get_info(_STATUS) != _COMPLETE]
 
 
 def weight_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> tuple[object, list]:
