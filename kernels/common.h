@@ -64,28 +64,36 @@
 // either).  The other borders read real input: reflect and symmetric are
 // periodic (periods 2n - 2 and 2n), which is what np.pad gives for a pad of
 // any width, reflecting again and again; circular wraps, replicate clamps.
-// The test in [0, n) comes first, so the interior pays one compare.
 static inline int border_index(const int i, const int n)
 {
-    if (i >= 0 && i < n) return i;
 #if BORDER == 0
-    return -1;
+    return (i >= 0 && i < n) ? i : -1;
 #elif BORDER == 1
+    // One reflection (|i| <= 2n - 2) without a branch, so that a vector's
+    // lanes gathered at the edge stay cheap; wider pads take the remainder.
     if (n == 1) return 0;
-    const int period = 2 * n - 2;
-    int m = i % period;
-    if (m < 0) m += period;
-    return m < n ? m : period - m;
+    int j = i < 0 ? -i : i;
+    if (j > 2 * n - 2) {
+        j = i % (2 * n - 2);
+        if (j < 0) j += 2 * n - 2;
+    }
+    return min(j, 2 * n - 2 - j);
 #elif BORDER == 2
     return clamp(i, 0, n - 1);
 #elif BORDER == 3
-    int m = i % n;
-    return m < 0 ? m + n : m;
+    int j = i < 0 ? i + n : (i >= n ? i - n : i);
+    if (j < 0 || j >= n) {                          // more than one period away
+        j = i % n;
+        if (j < 0) j += n;
+    }
+    return j;
 #elif BORDER == 4
-    const int period = 2 * n;
-    int m = i % period;
-    if (m < 0) m += period;
-    return m < n ? m : period - 1 - m;
+    int j = i < 0 ? -1 - i : i;
+    if (j > 2 * n - 1) {
+        j = i % (2 * n);
+        if (j < 0) j += 2 * n;
+    }
+    return min(j, 2 * n - 1 - j);
 #else
 #error "BORDER must be 0 (zeros), 1 (reflect), 2 (replicate), 3 (circular) or 4 (symmetric)"
 #endif
