@@ -69,15 +69,19 @@ static inline int border_index(const int i, const int n)
 #if BORDER == 0
     return (i >= 0 && i < n) ? i : -1;
 #elif BORDER == 1
-    // One reflection (|i| <= 2n - 2) without a branch, so that a vector's
-    // lanes gathered at the edge stay cheap; wider pads take the remainder.
+    // One reflection (i in [1 - n, 2n - 2]) without a branch, so that a
+    // vector's lanes gathered at the edge stay cheap (and without -i, which
+    // becomes an llvm.abs that Oclgrind cannot run); wider pads take the
+    // remainder.
     if (n == 1) return 0;
-    int j = i < 0 ? -i : i;
-    if (j > 2 * n - 2) {
-        j = i % (2 * n - 2);
-        if (j < 0) j += 2 * n - 2;
+    int j = 2 * clamp(i, 0, n - 1) - i;
+    if (j < 0 || j >= n) {
+        const int period = 2 * n - 2;
+        j = i % period;
+        if (j < 0) j += period;
+        j = min(j, period - j);
     }
-    return min(j, 2 * n - 2 - j);
+    return j;
 #elif BORDER == 2
     return clamp(i, 0, n - 1);
 #elif BORDER == 3
