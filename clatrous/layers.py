@@ -24,6 +24,7 @@ import numbers
 import threading
 
 import numpy as np
+import pyopencl.array as cl_array
 
 from .arguments import is_device_array, normalize_activation
 from .conv import conv2d, depthwise_conv2d
@@ -48,11 +49,14 @@ def _glorot(rng, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarra
     return rng.uniform(-limit, limit, shape)
 
 
+def _depthwise_glorot(rng, kernel_size: tuple[int, int], cin: int, multiplier: int) -> np.ndarray:
+    """Keras' Glorot-uniform depthwise kernel: each filter's fans are its own taps."""
+    kh, kw = kernel_size
+    return _glorot(rng, (kh, kw, cin, multiplier), kh * kw, kh * kw * multiplier)
+
+
 class _Layer:
     """What the layers share: the geometry arguments, dtype, weights under a lock, and the call."""
-
-    #: The names of the weights, in Keras' order (the bias last, when used).
-    weight_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -92,12 +96,15 @@ class _Layer:
 
     # -- what each layer defines
 
-    def _weight_shapes(self, cin: int) -> list[tuple[int, ...]]:
-        """The shape of each weight (bias included when used) for ``cin`` input channels."""
+    #: The names of the kernels, in Keras' order; a "bias" follows when used.
+    kernel_names: tuple[str, ...] = ()
+
+    def _kernel_shapes(self, cin: int) -> list[tuple[int, ...]]:
+        """The shape of each kernel for ``cin`` input channels."""
         raise NotImplementedError
 
-    def _initial(self, rng, cin: int) -> list[np.ndarray]:
-        """Freshly initialised weights for ``cin`` input channels."""
+    def _initial_kernels(self, rng, cin: int) -> list[np.ndarray]:
+        """Freshly initialised kernels for ``cin`` input channels."""
         raise NotImplementedError
 
     def _forward(self, x, weights: tuple):
@@ -111,6 +118,26 @@ class _Layer:
         return first_weight_shape[2]
 
     # -- shared
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        """The names of the weights, in Keras' order (the bias last, when used)."""
+        return (*self.kernel_names, "bias") if self.use_bias else self.kernel_names
+
+    def _weight_shapes(self, cin: int) -> list[tuple[int, ...]]:
+        shapes = self._kernel_shapes(cin)
+        return [*shapes, (self._channels_out(cin),)] if self.use_bias else shapes
+
+    def _initial(self, rng, cin: int) -> list[np.ndarray]:
+        kernels = self._initial_kernels(rng, cin)
+        return [*kernels, np.zeros(self._channels_out(cin))] if self.use_bias else kernels
+
+    @property
+    def bias(self):
+        return self._weight(len(self.kernel_names)) if self.use_bias else None
+
+    def _bias_of(self, weights: tuple):
+        return weights[len(self.kernel_names)] if self.use_bias else None
 
     @property
     def built(self) -> bool:
@@ -319,15 +346,12 @@ class Conv2D(_Layer):
         super().__init__(
             kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
         )
-        self.weight_names = ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    kernel_names = ("kernel",)
 
     @property
     def kernel(self):
         return self._weight(0)
-
-    @property
-    def bias(self):
-        return self._weight(1) if self.use_bias else None
 
     def _check_channels(self, cin: int) -> None:
         if cin % self.groups:
@@ -336,15 +360,13 @@ class Conv2D(_Layer):
     def _cin_of(self, first_weight_shape):
         return first_weight_shape[2] * self.groups
 
-    def _weight_shapes(self, cin):
-        shapes = [(*self.kernel_size, cin // self.groups, self.filters)]
-        return shapes + [(self.filters,)] if self.use_bias else shapes
+    def _kernel_shapes(self, cin):
+        return [(*self.kernel_size, cin // self.groups, self.filters)]
 
-    def _initial(self, rng, cin):
+    def _initial_kernels(self, rng, cin):
         kh, kw = self.kernel_size
         per = cin // self.groups
-        out = [_glorot(rng, (kh, kw, per, self.filters), kh * kw * per, kh * kw * self.filters)]
-        return out + [np.zeros(self.filters)] if self.use_bias else out
+        return [_glorot(rng, (kh, kw, per, self.filters), kh * kw * per, kh * kw * self.filters)]
 
     def _channels_out(self, cin):
         return self.filters
@@ -353,7 +375,7 @@ class Conv2D(_Layer):
         return conv2d(
             x,
             weights[0],
-            weights[1] if self.use_bias else None,
+            self._bias_of(weights),
             activation=self.activation,
             groups=self.groups,
             device=self.device,
@@ -389,25 +411,18 @@ class DepthwiseConv2D(_Layer):
         super().__init__(
             kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
         )
-        self.weight_names = ("depthwise_kernel", "bias") if self.use_bias else ("depthwise_kernel",)
+
+    kernel_names = ("depthwise_kernel",)
 
     @property
     def depthwise_kernel(self):
         return self._weight(0)
 
-    @property
-    def bias(self):
-        return self._weight(1) if self.use_bias else None
+    def _kernel_shapes(self, cin):
+        return [(*self.kernel_size, cin, self.depth_multiplier)]
 
-    def _weight_shapes(self, cin):
-        shapes = [(*self.kernel_size, cin, self.depth_multiplier)]
-        return shapes + [(cin * self.depth_multiplier,)] if self.use_bias else shapes
-
-    def _initial(self, rng, cin):
-        kh, kw = self.kernel_size
-        m = self.depth_multiplier
-        out = [_glorot(rng, (kh, kw, cin, m), kh * kw, kh * kw * m)]
-        return out + [np.zeros(cin * m)] if self.use_bias else out
+    def _initial_kernels(self, rng, cin):
+        return [_depthwise_glorot(rng, self.kernel_size, cin, self.depth_multiplier)]
 
     def _channels_out(self, cin):
         return cin * self.depth_multiplier
@@ -416,7 +431,7 @@ class DepthwiseConv2D(_Layer):
         return depthwise_conv2d(
             x,
             weights[0],
-            weights[1] if self.use_bias else None,
+            self._bias_of(weights),
             activation=self.activation,
             device=self.device,
             **self._geometry_kwargs(),
@@ -458,8 +473,8 @@ class SeparableConv2D(_Layer):
         super().__init__(
             kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
         )
-        names = ("depthwise_kernel", "pointwise_kernel")
-        self.weight_names = (*names, "bias") if self.use_bias else names
+
+    kernel_names = ("depthwise_kernel", "pointwise_kernel")
 
     @property
     def depthwise_kernel(self):
@@ -469,47 +484,36 @@ class SeparableConv2D(_Layer):
     def pointwise_kernel(self):
         return self._weight(1)
 
-    @property
-    def bias(self):
-        return self._weight(2) if self.use_bias else None
-
-    def _weight_shapes(self, cin):
+    def _kernel_shapes(self, cin):
         m = self.depth_multiplier
-        shapes = [(*self.kernel_size, cin, m), (1, 1, cin * m, self.filters)]
-        return shapes + [(self.filters,)] if self.use_bias else shapes
+        return [(*self.kernel_size, cin, m), (1, 1, cin * m, self.filters)]
 
-    def _initial(self, rng, cin):
-        kh, kw = self.kernel_size
+    def _initial_kernels(self, rng, cin):
         m = self.depth_multiplier
-        out = [
-            _glorot(rng, (kh, kw, cin, m), kh * kw, kh * kw * m),
+        return [
+            _depthwise_glorot(rng, self.kernel_size, cin, m),
             _glorot(rng, (1, 1, cin * m, self.filters), cin * m, self.filters),
         ]
-        return out + [np.zeros(self.filters)] if self.use_bias else out
 
     def _channels_out(self, cin):
         return self.filters
 
     def _forward(self, x, weights):
-        bias = weights[2] if self.use_bias else None
-
-        def both(x_in):
-            middle = depthwise_conv2d(x_in, weights[0], device=self.device, **self._geometry_kwargs())
-            return conv2d(middle, weights[1], bias, activation=self.activation, device=self.device)
+        def both(x_in, device):
+            middle = depthwise_conv2d(x_in, weights[0], device=device, **self._geometry_kwargs())
+            bias = self._bias_of(weights)
+            return conv2d(middle, weights[1], bias, activation=self.activation, device=device)
 
         if is_device_array(x):
-            return both(x)
+            return both(x, None)  # on x's queue
         try:
             # On the device from the start: the depthwise result stays there
             # and the pointwise kernel waits for it by its event.
-            import pyopencl.array as cl_array
-
             queue = get_runtime(self.device).queue
-            return both(cl_array.to_device(queue, np.ascontiguousarray(x)))
+            return both(cl_array.to_device(queue, np.ascontiguousarray(x)), None)
         except DeviceMemoryError:
             # Too large to keep on the device at once: two host calls, each split.
-            middle = depthwise_conv2d(x, weights[0], device=self.device, **self._geometry_kwargs())
-            return conv2d(middle, weights[1], bias, activation=self.activation, device=self.device)
+            return both(x, self.device)
 
     def get_config(self) -> dict:
         return {"filters": self.filters, **super().get_config(), "depth_multiplier": self.depth_multiplier}

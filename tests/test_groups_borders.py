@@ -298,3 +298,15 @@ def test_layers_refuse_weights_of_the_wrong_layout(no_opencl):
     with pytest.raises(ValueError, match="depthwise_kernel"):
         depthwise.set_weights([np.ones((3, 3, 4, 1)), np.ones(4)])
     assert not depthwise.built
+
+
+def test_separable_layer_on_a_device_given_as_a_device_not_a_queue(cl_device):
+    # Found in review: the host path moved x to the device's queue, then
+    # passed device= again with it, which a device-array call refuses.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 6, 7, 2)).astype(np.float32)
+    layer = clatrous.SeparableConv2D(3, 3, padding="same", dilation_rate=2, device=cl_device)
+    out = layer(x)
+    middle = reference.depthwise_conv2d(x, layer.depthwise_kernel, padding="same", dilation_rate=2)
+    expected = reference.conv2d(middle.astype(np.float64), layer.pointwise_kernel, layer.bias)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
