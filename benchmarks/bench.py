@@ -199,14 +199,12 @@ def clatrous_host(wl, rt):
 def clatrous_device(wl, rt):
     call = _clatrous_call(wl, clatrous)
     x = cl_array.to_device(rt.queue, wl.arrays["x"])
-    if wl.kind != "separable":  # weights on the device too
-        a = wl.arrays
-        k, b = (cl_array.to_device(rt.queue, a[name]) for name in ("k", "b"))
-        inner = call
-        call = lambda x: inner(x, k, b)  # noqa: E731
+    # The weights on the device too (a separable layer holds its own).
+    names = () if wl.kind == "separable" else ("k", "b")
+    weights = tuple(cl_array.to_device(rt.queue, wl.arrays[n]) for n in names)
 
     def run():
-        out = call(x)
+        out = call(x, *weights)
         rt.queue.finish()
         return out
 
@@ -280,8 +278,7 @@ def before_device(wl, rt):
 def _reference(wl):
     a = wl.arrays
     if wl.kind == "separable":
-        geometry = {k: v for k, v in wl.kwargs.items()}
-        middle = reference.depthwise_conv2d(a["x"], a["k"], **geometry)
+        middle = reference.depthwise_conv2d(a["x"], a["k"], **wl.kwargs)
         return reference.conv2d(middle, a["pk"], a["b"])
     fn = {"conv1d": reference.conv1d, "conv2d": reference.conv2d}.get(wl.kind) or reference.depthwise_conv2d
     return fn(a["x"], a["k"], a["b"], **wl.kwargs)

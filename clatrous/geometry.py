@@ -225,12 +225,8 @@ class ConvGeometry:
         return self.cin // self.groups
 
     @property
-    def cout_per_group(self) -> int:
-        return self.cout // self.groups
-
-    @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
-        return (self.kh, self.kw, self.cin // self.groups, self.cout)
+        return (self.kh, self.kw, self.cin_per_group, self.cout)
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
