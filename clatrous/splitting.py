@@ -66,30 +66,27 @@ def _input_range(g: ConvGeometry, axis: int, o0: int, o1: int) -> tuple[int, int
     return start, end, size
 
 
+def _fits(g: ConvGeometry, itemsize: int, weights: int, max_alloc: int, budget: int, n, h, w, ho, wo) -> bool:
+    """Whether ``n`` images of ``h x w`` into ``ho x wo`` fit the limits (a plain function: W1 calls it)."""
+    x_bytes = n * h * w * g.cin * itemsize
+    y_bytes = n * ho * wo * g.cout * itemsize
+    return (
+        max(x_bytes, y_bytes, weights) <= max_alloc
+        and x_bytes + y_bytes + weights <= budget
+        and max(n * ho, h * w, w * g.cin, wo * g.cout) <= _INT_MAX
+    )
+
+
 def plan_pieces(
     g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, *, resident_input: bool = False
 ) -> list[Piece]:
     """The pieces to launch, in order; one piece when the whole problem fits."""
-    weights = (g.kh * g.kw * (g.cin // g.groups) * g.cout + g.cout) * itemsize
-    # The common case first, without building the closures below (a small
-    # call, W1, is all overhead).
-    x_bytes = g.n * g.h * g.w * g.cin * itemsize
-    y_bytes = g.n * g.ho * g.wo * g.cout * itemsize
-    if (
-        max(x_bytes, y_bytes, weights) <= max_alloc
-        and x_bytes + y_bytes + weights <= budget
-        and max(g.n * g.ho, g.h * g.w, g.w * g.cin, g.wo * g.cout) <= _INT_MAX
-    ):
+    weights = (g.kh * g.kw * g.cin_per_group * g.cout + g.cout) * itemsize
+    if _fits(g, itemsize, weights, max_alloc, budget, g.n, g.h, g.w, g.ho, g.wo):
         return [Piece(0, g.n)]
 
     def fits(n: int, h: int, w: int, ho: int, wo: int) -> bool:
-        x_bytes = n * h * w * g.cin * itemsize
-        y_bytes = n * ho * wo * g.cout * itemsize
-        return (
-            max(x_bytes, y_bytes, weights) <= max_alloc
-            and x_bytes + y_bytes + weights <= budget
-            and max(n * ho, h * w, w * g.cin, wo * g.cout) <= _INT_MAX
-        )
+        return _fits(g, itemsize, weights, max_alloc, budget, n, h, w, ho, wo)
 
     sizes = (
         f"x {(g.n, g.h, g.w, g.cin)}, kernel {g.kernel_shape}, output {g.output_shape}, "
