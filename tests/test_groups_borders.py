@@ -300,6 +300,7 @@ def test_layers_refuse_weights_of_the_wrong_layout(no_opencl):
     assert not depthwise.built
 
 
+@pytest.mark.oclgrind_reuse_false_positive
 def test_separable_layer_on_a_device_given_as_a_device_not_a_queue(cl_device):
     # Found in review: the host path moved x to the device's queue, then
     # passed device= again with it, which a device-array call refuses.
