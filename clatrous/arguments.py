@@ -6,7 +6,9 @@ received.  Nothing here modifies the caller's arrays.
 
 Dtype policy (one function, :func:`result_dtype`): float32 and float64 inputs
 keep their dtype; bool, integer and float16 inputs compute and return
-float32; the kernel and bias are cast to the result dtype.
+float32; Python lists, tuples and scalars of floats are float32 (as in
+Keras and PyTorch, see :func:`host_array`); the kernel and bias are cast to
+the result dtype.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .geometry import ConvGeometry, conv_geometry
 __all__ = [
     "ACTIVATIONS",
     "Prepared",
+    "host_array",
     "normalize_activation",
     "prepare",
     "prepare_depthwise",
@@ -77,17 +80,39 @@ def _as_array(value, name: str) -> np.ndarray:
         return value
     if isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
+    arr = host_array(value, name)
+    result_dtype(arr.dtype, name)  # rejects object, str, complex, datetime...
+    return arr
+
+
+def host_array(value, name: str) -> np.ndarray:
+    """``value`` as an ndarray (no copy when it is one), refusing what would convert wrongly.
+
+    A masked array would lose its mask, and a tensor that requires grad
+    cannot be converted at all (PyTorch raises a RuntimeError): both are a
+    TypeError naming the argument and saying what to pass instead.  A Python
+    list, tuple or scalar of floats becomes float32, as in Keras and PyTorch
+    (NumPy would make it float64, which a device without float64 refuses).
+    """
+    if type(value) is np.ndarray:
+        return value
     if isinstance(value, np.ma.MaskedArray):
         # Converting would silently compute with the hidden values.
         raise TypeError(
             f"{name} is a masked array, whose mask a convolution cannot honour; pass "
             f"{name}.filled(value) with the value the masked elements should have"
         )
+    if getattr(value, "requires_grad", False) is True:
+        raise TypeError(
+            f"{name} is a {type(value).__name__} that requires grad, which NumPy cannot read; "
+            f"pass {name}.detach() (and .cpu() for a tensor on a GPU)"
+        )
     try:
         arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:
         raise TypeError(f"{name} must be an array of numbers, could not convert it: {exc}") from None
-    result_dtype(arr.dtype, name)  # rejects object, str, complex, datetime...
+    if arr.dtype == np.float64 and isinstance(value, (list, tuple, float)):
+        arr = arr.astype(np.float32)
     return arr
 
 

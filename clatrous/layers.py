@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import pyopencl.array as cl_array
 
-from .arguments import is_device_array, normalize_activation
+from .arguments import host_array, is_device_array, normalize_activation
 from .conv import conv2d, depthwise_conv2d
 from .errors import DeviceMemoryError
 from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
@@ -199,7 +199,7 @@ class _Layer:
             )
         arrays = []
         for name, value in zip(self.weight_names, weights, strict=True):
-            arr = np.asarray(value)
+            arr = host_array(value, f"{name} weights")
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"{name} weights must be real numbers, got dtype {arr.dtype}")
             arrays.append(arr)
@@ -229,7 +229,7 @@ class _Layer:
     def __call__(self, x):
         """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray."""
         if not is_device_array(x):
-            x = np.asarray(x)
+            x = host_array(x, "x")
             if x.dtype.kind in "biuf":
                 x = x.astype(self.dtype, copy=False)
         if len(x.shape) != 4:

@@ -1,0 +1,87 @@
+"""What a user coming from Keras or PyTorch passes in (issue 15).
+
+Each test failed before its change.
+"""
+
+import numpy as np
+import pytest
+from helpers import assert_matches_reference
+
+import clatrous
+from clatrous import execute
+
+
+@pytest.fixture
+def no_opencl(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("an OpenCL call was made for a user's mistake")
+
+    monkeypatch.setattr(execute, "get_runtime", refuse)
+
+
+class GradTensor:
+    """What matters of a ``torch.Tensor`` with ``requires_grad=True``: NumPy cannot read it."""
+
+    requires_grad = True
+
+    def __init__(self, value):
+        self.value = np.asarray(value)
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy()")
+
+    def detach(self):
+        return self.value
+
+
+X = np.arange(2 * 6 * 6 * 2, dtype=np.float32).reshape(2, 6, 6, 2) / 7
+K = np.linspace(-1, 1, 3 * 3 * 2 * 3).reshape(3, 3, 2, 3)
+
+
+@pytest.mark.parametrize("name", ["x", "kernel", "bias"])
+def test_a_tensor_that_requires_grad_is_a_type_error_naming_it(name, no_opencl):
+    args = dict(x=X, kernel=K, bias=np.ones(3))
+    args[name] = GradTensor(args[name])
+    with pytest.raises(TypeError, match=rf"^{name} is a GradTensor that requires grad.*\.detach\(\)"):
+        clatrous.conv2d(**args)
+
+
+def test_a_layer_refuses_grad_tensors_in_weights_and_input(no_opencl):
+    layer = clatrous.Conv2D(3, 3)
+    with pytest.raises(TypeError, match=r"kernel weights .*detach"):
+        layer.set_weights([GradTensor(K), np.zeros(3)])
+    layer.set_weights([K, np.zeros(3)])
+    with pytest.raises(TypeError, match=r"^x .*detach"):
+        layer(GradTensor(X))
+
+
+def test_real_torch_tensors_that_require_grad():
+    torch = pytest.importorskip("torch")
+    x = torch.tensor(X, requires_grad=True)
+    with pytest.raises(TypeError, match="detach"):
+        clatrous.conv2d(x, K)
+    out = clatrous.conv2d(x.detach(), K)
+    assert_matches_reference(out, X, K)
+    weight = torch.nn.Parameter(torch.tensor(K))
+    with pytest.raises(TypeError, match="kernel weights"):
+        clatrous.Conv2D(3, 3).set_weights([weight, np.zeros(3)])
+
+
+def test_python_lists_and_floats_compute_in_float32():
+    x = X[0, :, :, 0].tolist()
+    kernel = [[0.5, -1.0], [2.0, 0.25]]
+    out = clatrous.conv2d(x, kernel, dilation_rate=2)
+    assert out.dtype == np.float32
+    expected = clatrous.reference.conv2d(np.array(x), np.array(kernel), dilation_rate=2)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # float64 NumPy arrays keep float64, as the dtype table says.
+    assert clatrous.conv2d(np.array(x), kernel, dilation_rate=2).dtype == np.float64
+    assert clatrous.conv1d([1.0, 2.0, 3.0, 4.0], [1.0, -1.0]).dtype == np.float32
+
+
+def test_a_masked_array_is_refused_with_filled_as_the_advice(no_opencl):
+    masked = np.ma.masked_greater(X, 1.0)
+    with pytest.raises(TypeError, match=r"x is a masked array.*x\.filled"):
+        clatrous.conv2d(masked, K)
+    with pytest.raises(TypeError, match="filled"):
+        clatrous.Conv2D(3, 3).set_weights([np.ma.masked_array(K), np.zeros(3)])
