@@ -35,6 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent tuners may lose entries there
+    fcntl = None
+
 from .geometry import ConvGeometry
 from .runtime import DeviceInfo, cache_dir
 from .variants import Operation, Variant, tiled_spans, variant_names
@@ -270,9 +275,33 @@ def forget_cached_database() -> None:
         _db_cache = None
 
 
-def store(device_key: str, key: str, entry: dict, path: Path | None = None) -> Path:
-    """Add one entry and rewrite the file atomically (a crash leaves the old file).
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive advisory lock on ``path``'s lock file, so writers take turns.
 
+    The lock file (``tuning.json.lock`` beside it) is never replaced, so every
+    process locks the same inode; the database itself is replaced atomically.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path.with_name(path.name + ".lock"), flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def store(device_key: str, key: str, entry: dict, path: Path | None = None) -> Path:
+    """Add one entry: read, merge and rewrite the file under a lock, atomically.
+
+    Writers in other processes take turns on a lock file beside the database,
+    and each merges its entry into what is on disk at that moment, so
+    concurrent tuners keep each other's entries; the file is replaced in one
+    step, so a process killed mid-write leaves the previous version.
     Everything else in the file is kept as it was, entries this version does
     not understand included, and so are the file's permission bits.  Raises
     :class:`DatabaseError`, naming the path, when the file holds a newer
@@ -280,43 +309,48 @@ def store(device_key: str, key: str, entry: dict, path: Path | None = None) -> P
     """
     global _db_cache
     path = path or database_path()
-    with _db_lock:
-        raw = _read_raw(path)
-        if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA:
-            raise DatabaseError(
-                f"{path} was written by a newer clatrous (schema {raw['schema']}, this one writes "
-                f"{SCHEMA}); not overwriting it: set CLATROUS_CACHE_DIR to tune into another folder"
-            )
-        if not (
-            isinstance(raw, dict) and raw.get("schema") == SCHEMA and isinstance(raw.get("devices"), dict)
-        ):
-            raw = {"schema": SCHEMA, "devices": {}}  # absent or corrupt: rebuilt
-        devices = raw["devices"]
-        if not isinstance(devices.get(device_key), dict):
-            devices[device_key] = {}
-        devices[device_key][key] = entry
-        try:
-            mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
-        except OSError:
-            mode = None
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(raw, f, indent=1, sort_keys=True)
-            if mode is not None:
-                os.chmod(tmp, mode)
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            raise DatabaseError(f"could not write the tuning database {path}: {exc}") from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        _db_cache = None  # re-read, through the same checks, on the next lookup
+    try:
+        with _db_lock, _locked(path):
+            _merge_and_replace(path, device_key, key, entry)
+            _db_cache = None  # re-read, through the same checks, on the next lookup
+    except DatabaseError:
+        raise
+    except OSError as exc:
+        raise DatabaseError(f"could not write the tuning database {path}: {exc}") from None
     return path
+
+
+def _merge_and_replace(path: Path, device_key: str, key: str, entry: dict) -> None:
+    raw = _read_raw(path)
+    if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA:
+        raise DatabaseError(
+            f"{path} was written by a newer clatrous (schema {raw['schema']}, this one writes "
+            f"{SCHEMA}); not overwriting it: set CLATROUS_CACHE_DIR to tune into another folder"
+        )
+    if not (isinstance(raw, dict) and raw.get("schema") == SCHEMA and isinstance(raw.get("devices"), dict)):
+        raw = {"schema": SCHEMA, "devices": {}}  # absent or corrupt: rebuilt
+    devices = raw["devices"]
+    if not isinstance(devices.get(device_key), dict):
+        devices[device_key] = {}
+    devices[device_key][key] = entry
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) if path.is_file() else None
+    except OSError:
+        mode = None
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def choose(info: DeviceInfo, op: Operation, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -167,3 +168,47 @@ def test_forced_choices_are_cached_per_configuration(cache):
     assert (default.plan.variant, dict(default.plan.config)) == params.choose(
         rt.info, CONV2D, prepared.geometry, np.float32
     )
+
+
+_WRITER = """
+import sys
+from clatrous import params
+name, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    params.store("device " + name, f"class {i}", {"variant": "direct", "config": {}})
+"""
+
+
+def _writers(tmp_path, names, count):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CLATROUS_CACHE_DIR": str(tmp_path)}
+    return [subprocess.Popen([sys.executable, "-c", _WRITER, name, str(count)], env=env) for name in names]
+
+
+def test_concurrent_tuners_keep_every_entry(tmp_path):
+    # Found in review (issue 15): six processes storing 25 entries each kept
+    # 111 of 150, each rewriting the file from what it had read earlier.
+    names = [str(i) for i in range(6)]
+    for proc in _writers(tmp_path, names, 25):
+        assert proc.wait(timeout=120) == 0
+    saved = params.load_database(tmp_path / "tuning.json")
+    assert sorted(saved) == sorted(f"device {name}" for name in names)
+    assert all(len(entries) == 25 for entries in saved.values())
+
+
+def test_a_tuner_killed_mid_write_leaves_a_valid_database(tmp_path):
+    import time
+
+    (proc,) = _writers(tmp_path, ["killed"], 100000)
+    path = tmp_path / "tuning.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(params.load_database(path).get("device killed", {})) < 20:
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=30)
+    saved = json.loads(path.read_text())  # parses: never half written
+    assert len(saved["devices"]["device killed"]) >= 20
+    params.store("device other", "class 0", {"variant": "direct", "config": {}}, path)
+    assert len(params.load_database(path)["device killed"]) == len(saved["devices"]["device killed"])
