@@ -13,6 +13,8 @@ The public names:
 - :func:`devices`, :func:`default_device`: which OpenCL devices are there.
 """
 
+from importlib import metadata as _metadata
+
 from . import params, reference
 from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
@@ -21,7 +23,10 @@ from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("clatrous")
+except _metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BuildError",

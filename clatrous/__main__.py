@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from . import params, runtime, tuner
+from . import __version__, params, runtime, tuner
 
 _SHAPE_KEYS = {"n": 1, "h": 1, "w": 1, "cin": 1, "cout": 1, "k": 3, "kh": 0, "kw": 0, "s": 1, "d": 1}
 
@@ -81,11 +81,29 @@ def _devices(_args) -> int:
     return 0
 
 
+def _bad_option(args) -> str | None:
+    """Why an option of ``tune`` is out of range, or None."""
+    if args.repeats < 1:
+        return f"--repeats must be at least 1, got {args.repeats}"
+    if args.top < 0:
+        return f"--top must be 0 or more, got {args.top}"
+    if not args.budget >= 0:  # also NaN
+        return f"--budget must be 0 (no limit) or a positive number of seconds, got {args.budget:g}"
+    return None
+
+
 def _tune(args) -> int:
+    problem = _bad_option(args)
+    if problem:
+        print(f"python -m clatrous tune: {problem}", file=sys.stderr)
+        return 2
     info = runtime.get_runtime().info
     if args.show:
-        entries = params.load_database().get(info.key, {})
+        entries, problem = params.inspect_database()
         print(f"{params.database_path()} for {info.key}:")
+        if problem:
+            print(f"  {problem}")
+        entries = entries.get(info.key, {})
         print(json.dumps(entries, indent=1, sort_keys=True) if entries else "  (nothing tuned yet)")
         return 0
     if not args.shapes:
@@ -131,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clatrous", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"clatrous {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("devices", help="list OpenCL platforms and devices, and the default one")
     tune = sub.add_parser("tune", help="search kernel configurations for shapes on the present device")

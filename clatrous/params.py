@@ -55,6 +55,7 @@ __all__ = [
     "forced",
     "forced_choice",
     "forget_cached_database",
+    "inspect_database",
     "load_database",
     "search_candidates",
     "store",
@@ -242,18 +243,42 @@ def load_database(path: Path | None = None) -> dict:
     this version defines and a configuration of ints); whether it may run is
     decided at :func:`choose`.
     """
-    data = _read_raw(path or database_path())
-    if (
-        not isinstance(data, dict)
-        or data.get("schema") != SCHEMA
-        or not isinstance(data.get("devices"), dict)
-    ):
-        return {}
-    clean = {}
+    return inspect_database(path)[0]
+
+
+def inspect_database(path: Path | None = None) -> tuple[dict, str | None]:
+    """(the usable part of the database, what was wrong with the file or None).
+
+    An absent file is nothing wrong; a corrupt one, one of another schema,
+    and entries that are not valid are each said, in words, for ``tune --show``.
+    """
+    path = path or database_path()
+    if not os.path.lexists(path):
+        return {}, None
+    data = _read_raw(path)
+    if data is None:
+        return {}, (
+            f"not a regular file of valid JSON of at most {MAX_DATABASE_BYTES} bytes: "
+            "ignored, and the next tuning run writes it anew"
+        )
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA or not isinstance(data.get("devices"), dict):
+        if isinstance(schema, int) and schema > SCHEMA:
+            return {}, (
+                f"written by a newer clatrous (schema {schema}; this one reads {SCHEMA}): "
+                "ignored, and never overwritten"
+            )
+        return {}, f"not a tuning database of schema {SCHEMA}: ignored, and the next tuning run replaces it"
+    clean, skipped = {}, 0
     for device, entries in data["devices"].items():
         if isinstance(device, str) and isinstance(entries, dict):
             clean[device] = {k: e for k, e in entries.items() if isinstance(k, str) and _valid_entry(e)}
-    return clean
+            skipped += len(entries) - len(clean[device])
+        else:
+            skipped += 1
+    if skipped:
+        return clean, f"{skipped} entries are not valid for this version: skipped (and kept in the file)"
+    return clean, None
 
 
 _db_lock = threading.Lock()

@@ -9,9 +9,11 @@ source, options and device, so a new process skips the compiler.
 Device choice, in order: the ``device=`` argument (a ``pyopencl`` Device,
 Context or CommandQueue), the ``CLATROUS_DEVICE`` environment variable (a
 case-insensitive substring of a platform or device name, or
-``platform:device`` indices), else the first GPU, the first CPU, then any
-device, skipping devices whose compiler cannot build a trivial kernel.
-The variable is matched as text, never evaluated.
+``platform:device`` indices), PyOpenCL's own ``PYOPENCL_CTX`` (read as
+``pyopencl.create_some_context`` reads it: ``platform:device``, each an
+index or a name substring; the first device named), else the first GPU, the
+first CPU, then any device, skipping devices whose compiler cannot build a
+trivial kernel.  The variables are matched as text, never evaluated.
 
 Kernel sources live in ``kernels/`` (inside the wheel as
 ``clatrous.kernels``); a ``#include "name.h"`` line is replaced by that
@@ -31,6 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
 import pyopencl as cl
 
 from .errors import BuildError, DeviceNotFoundError
@@ -42,6 +45,7 @@ __all__ = [
     "default_device",
     "device_info",
     "find_device",
+    "find_pyopencl_ctx",
     "get_runtime",
     "kernel_source",
     "list_devices",
@@ -52,6 +56,7 @@ __all__ = [
 ]
 
 ENV_DEVICE = "CLATROUS_DEVICE"
+ENV_PYOPENCL = "PYOPENCL_CTX"
 ENV_CACHE = "CLATROUS_CACHE_DIR"
 
 
@@ -78,12 +83,17 @@ settings = _Settings()
 
 
 def cache_dir() -> Path:
-    """The per-user folder for clatrous's own files (tuning database, build logs)."""
+    """The per-user folder for clatrous's own files (tuning database, build logs).
+
+    ``CLATROUS_CACHE_DIR`` when set, else the platform's user cache folder
+    (``platformdirs``: ``$XDG_CACHE_HOME/clatrous`` or ``~/.cache/clatrous``
+    on Linux, ``~/Library/Caches/clatrous`` on macOS, ``%LOCALAPPDATA%``
+    on Windows).
+    """
     explicit = os.environ.get(ENV_CACHE)
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "clatrous"
+    return Path(platformdirs.user_cache_dir("clatrous", appauthor=False))
 
 
 # ---------------------------------------------------------------- devices
@@ -201,11 +211,64 @@ def find_device(spec: str) -> cl.Device:
                 return device
         elif wanted and any(wanted in name for name in _names(platform, device)):
             return device
-    listing = "; ".join(f"{pi}:{di} {p.name.strip()} / {d.name.strip()}" for pi, di, p, d in devices)
     raise DeviceNotFoundError(
-        f"no OpenCL device matches {ENV_DEVICE}={_echo(spec)}; "
-        f"available: {listing or 'none (no OpenCL platform found)'}"
+        f"no OpenCL device matches {ENV_DEVICE}={_echo(spec)}; available: {_listing(devices)}"
     )
+
+
+def _listing(devices) -> str:
+    """The devices, as a one-line list for an error message."""
+    listing = "; ".join(f"{pi}:{di} {p.name.strip()} / {d.name.strip()}" for pi, di, p, d in devices)
+    return listing or "none (no OpenCL platform found)"
+
+
+def find_pyopencl_ctx(spec: str) -> cl.Device:
+    """The device ``PYOPENCL_CTX=spec`` names, as ``pyopencl.create_some_context`` reads it.
+
+    ``platform[:device]``: each part an index or a case-insensitive substring
+    of the name (for the platform, the last that matches, as PyOpenCL does);
+    no device part means the platform's first device, and of a
+    comma-separated list of devices the first is taken.
+    """
+    platform_part, _, device_part = spec.partition(":")
+    device_part = device_part.split(",")[0].strip()
+    platform_part = platform_part.strip()
+
+    def fail(why: str):
+        available = _listing(list_devices())
+        return DeviceNotFoundError(f"{ENV_PYOPENCL}={_echo(spec)}: {why}; available: {available}")
+
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:
+        platforms = []
+    if not platforms:
+        raise fail("no OpenCL platform found")
+    platform = None
+    if not platform_part:
+        platform = platforms[0]
+    elif platform_part.isdigit() and int(platform_part) < len(platforms):
+        platform = platforms[int(platform_part)]
+    else:
+        for candidate in platforms:
+            if platform_part.casefold() in candidate.name.casefold():
+                platform = candidate
+    if platform is None:
+        raise fail(f"no platform matches {platform_part!r}")
+    try:
+        devices = platform.get_devices()
+    except cl.Error:
+        devices = []
+    if not devices:
+        raise fail(f"platform {platform.name.strip()!r} has no devices")
+    if not device_part:
+        return devices[0]
+    if device_part.isdigit() and int(device_part) < len(devices):
+        return devices[int(device_part)]
+    for device in devices:
+        if device_part.casefold() in device.name.casefold():
+            return device
+    raise fail(f"no device of {platform.name.strip()!r} matches {device_part!r}")
 
 
 _usable_cache: dict[int, bool] = {}
@@ -250,8 +313,11 @@ def default_device() -> cl.Device:
     with _default_lock:
         if _default is None:
             spec = os.environ.get(ENV_DEVICE, "").strip()
+            pyopencl_spec = os.environ.get(ENV_PYOPENCL, "").strip()
             if spec:
                 _default = find_device(spec)
+            elif pyopencl_spec:
+                _default = find_pyopencl_ctx(pyopencl_spec)
             else:
                 found = list_devices()
                 if not found:

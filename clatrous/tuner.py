@@ -96,6 +96,10 @@ def tune(
     configuration is tried first, the others in a shuffled (but repeatable)
     order, so a short budget still samples the whole space.
     """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if budget_s is not None and not (isinstance(budget_s, (int, float)) and budget_s >= 0):
+        raise ValueError(f"budget_s must be None or a non-negative number of seconds, got {budget_s!r}")
     ndim = len(x_shape) - 2
     if ndim not in (1, 2):
         raise ValueError(f"x_shape must be 3-D (conv1d) or 4-D (conv2d), got {tuple(x_shape)}")
@@ -182,7 +186,9 @@ def tune(
         # The fastest run: interference from other work on the machine only adds time.
         timings.append((variant, config, float(min(samples))))
     if progress:
-        _progress(len(candidates), len(candidates), "done", stream)
+        tried = len(candidates) - untried
+        label = f"budget spent: {tried} of {len(candidates)} tried" if untried else "done"
+        _progress(tried, len(candidates), label, stream)
         stream.write("\n")
     if not timings:
         raise RuntimeError(f"no configuration passed the reference check: {rejected}")

@@ -115,3 +115,40 @@ def test_a_queue_whose_context_was_collected_works_or_names_device(cl_device):
         assert "device" in str(exc) and "context" in str(exc)
     else:
         np.testing.assert_allclose(y, clatrous.reference.conv2d(x, k), rtol=1e-6)
+
+
+def test_pyopencl_ctx_is_honoured_when_clatrous_device_is_unset(monkeypatch, fresh_default):
+    # Found by the new-user pass (issue 15): PYOPENCL_CTX was ignored.
+    monkeypatch.delenv("CLATROUS_DEVICE", raising=False)
+    pi, di, platform, device = runtime.list_devices()[-1]
+    monkeypatch.setenv("PYOPENCL_CTX", f"{pi}:{di}")
+    assert runtime.default_device().int_ptr == device.int_ptr
+    runtime.set_default_device(None)
+    # Names as PyOpenCL takes them: a platform substring, a device index.
+    monkeypatch.setenv("PYOPENCL_CTX", f"{platform.name[:6].lower()}:{di}")
+    chosen = runtime.default_device()
+    assert chosen.platform.name.startswith(platform.name[:6])
+    # CLATROUS_DEVICE wins over it.
+    runtime.set_default_device(None)
+    first_pi, first_di, _, first = runtime.list_devices()[0]
+    monkeypatch.setenv("CLATROUS_DEVICE", f"{first_pi}:{first_di}")
+    assert runtime.default_device().int_ptr == first.int_ptr
+
+
+@pytest.mark.parametrize("spec", ["99", "0:99", "no such platform", "0:no such device"])
+def test_a_pyopencl_ctx_that_matches_nothing_names_the_variable(monkeypatch, fresh_default, spec):
+    monkeypatch.delenv("CLATROUS_DEVICE", raising=False)
+    monkeypatch.setenv("PYOPENCL_CTX", spec)
+    with pytest.raises(DeviceNotFoundError, match="PYOPENCL_CTX") as info:
+        runtime.default_device()
+    assert "available:" in str(info.value)
+
+
+def test_the_cache_folder_comes_from_platformdirs(monkeypatch, tmp_path):
+    import platformdirs
+
+    monkeypatch.delenv("CLATROUS_CACHE_DIR", raising=False)
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda name, appauthor=None: str(tmp_path / name))
+    assert runtime.cache_dir() == tmp_path / "clatrous"
+    monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path / "mine"))
+    assert runtime.cache_dir() == tmp_path / "mine"

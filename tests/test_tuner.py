@@ -67,7 +67,8 @@ def test_a_newer_schema_is_never_overwritten_and_the_winner_is_not_lost(cache, c
     result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
     assert result.path is None and "newer" in result.store_error and str(cache) in result.store_error
     assert (cache / "tuning.json").read_text() == newer
-    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json"]  # no temporary file left
+    # No temporary file left (the lock file writers take turns on stays, by design).
+    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json", "tuning.json.lock"]
     from clatrous.__main__ import main
 
     assert main(["tune", "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2,padding=same", "--repeats", "1"]) == 1
@@ -81,7 +82,7 @@ def test_an_unwritable_database_is_reported_with_its_path(cache, monkeypatch):
     result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, candidates=[("direct", {})], **GEOMETRY)
     assert result.path is None and "tuning.json" in result.store_error
     assert result.winner[:2] == ("direct", {})
-    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json"]
+    assert sorted(p.name for p in cache.iterdir()) == ["tuning.json", "tuning.json.lock"]
     monkeypatch.setenv("CLATROUS_CACHE_DIR", str(cache / "tuning.json" / "x" / "y"))
     (cache / "tuning.json").rmdir()
     (cache / "tuning.json").write_text("{}")  # the cache folder's parent is a file
@@ -167,3 +168,78 @@ def test_the_tuner_skips_a_candidate_that_fails_to_launch(cache):
     )  # fmt: skip
     assert [r[0] for r in result.rejected] == ["oversized"] and "could not launch" in result.rejected[0][2]
     assert result.winner[0] == "direct"
+
+
+SHAPE = "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2"
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["tune", f"{SHAPE},padding=full"], ["padding", "'full'"]),
+        (["tune", "conv2d:n=1,h=4,w=4,cin=2,cout=2,k=3,d=3,padding=valid"], ["does not fit"]),
+        (["tune", f"{SHAPE},dtype=complex64"], ["complex64"]),
+        (["tune", f"{SHAPE},dtype=nonsense"], ["nonsense"]),
+        (["tune", "conv2d:n=1,h=8,w=8,cin=0,cout=2"], ["channel"]),
+        (["tune", SHAPE, "--repeats", "0"], ["--repeats", "0"]),
+        (["tune", SHAPE, "--budget", "-1"], ["--budget", "-1"]),
+        (["tune", SHAPE, "--budget", "nan"], ["--budget", "nan"]),
+        (["tune", SHAPE, "--top", "-1"], ["--top", "-1"]),
+    ],
+)
+def test_every_bad_tune_argument_is_exit_2_and_one_line(cache, capfd, argv, words):
+    # Found by the new-user pass (issue 15): --repeats 0 said "min() arg is
+    # an empty sequence", a negative --budget or --top was taken.
+    from clatrous.__main__ import main
+
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert all(word in err for word in words), err
+    assert not (cache / "tuning.json").exists()
+
+
+def test_tune_refuses_bad_repeats_and_budget_as_a_function(cache):
+    with pytest.raises(ValueError, match="repeats"):
+        tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=0, **GEOMETRY)
+    with pytest.raises(ValueError, match="budget_s"):
+        tuner.tune(X_SHAPE, K_SHAPE, progress=False, budget_s=-1.0, **GEOMETRY)
+
+
+def test_version_on_the_command_line(capsys):
+    from importlib.metadata import version
+
+    from clatrous.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert (
+        capsys.readouterr().out.strip()
+        == f"clatrous {version('clatrous')}"
+        == f"clatrous {clatrous.__version__}"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", ["not a regular file of valid JSON", "ignored"]),
+        ('{"schema": 99, "devices": {}}', ["newer clatrous", "never overwritten"]),
+        ('{"schema": 1, "devices": {"d": {"k": {"variant": "os.system", "config": {}}}}}', ["1 entries"]),
+    ],
+)
+def test_tune_show_says_when_the_database_was_ignored(cache, capfd, content, words):
+    from clatrous.__main__ import main
+
+    (cache / "tuning.json").write_text(content)
+    assert main(["tune", "--show"]) == 0
+    out = capfd.readouterr().out
+    assert all(word in out for word in words), out
+
+
+def test_the_progress_bar_says_how_many_were_tried_when_the_budget_ends_first(cache, capfd):
+    result = tuner.tune(X_SHAPE, K_SHAPE, progress=True, repeats=1, budget_s=0, **GEOMETRY)
+    total = len(result.timings) + len(result.rejected) + result.untried
+    line = capfd.readouterr().err.split("\r")[-1]
+    assert f"budget spent: 1 of {total} tried" in line and f"{total}/{total}" not in line
