@@ -29,8 +29,22 @@ __all__ = [
     "result_dtype",
 ]
 
-#: Activation names and the code the kernels use for them (``-D ACTIVATION=``).
-ACTIVATIONS = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+#: Activation names and the code the kernels use for them (``-D ACTIVATION=``),
+#: with Keras' definitions: gelu is the exact (erf) form, elu has alpha 1,
+#: leaky_relu a negative slope of 0.2.
+ACTIVATIONS = {
+    "linear": 0,
+    "relu": 1,
+    "sigmoid": 2,
+    "tanh": 3,
+    "gelu": 4,
+    "silu": 5,
+    "elu": 6,
+    "softplus": 7,
+    "leaky_relu": 8,
+}
+#: Other names for the same activations (Keras calls silu "swish" too).
+ACTIVATION_ALIASES = {"swish": "silu"}
 
 
 _device_array_types: dict[type, bool] = {}
@@ -67,8 +81,10 @@ def normalize_activation(activation) -> str:
     if not isinstance(activation, str):
         raise TypeError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
     name = activation.lower()
+    name = ACTIVATION_ALIASES.get(name, name)
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        names = (*ACTIVATIONS, *ACTIVATION_ALIASES)
+        raise ValueError(f"activation must be None or one of {names}, got {activation!r}")
     return name
 
 

@@ -51,8 +51,10 @@ def conv2d(
     padding : {"valid", "same"}, int, (int, int) or ((top, bottom), (left, right))
         ``"same"`` follows TensorFlow: output ``ceil(n/s)``, the odd pixel of
         padding at the bottom/right.  Words are case-insensitive.
-    activation : {None, "linear", "relu", "sigmoid", "tanh"}
-        Applied inside the kernel.
+    activation : str or None
+        ``None``/``"linear"``, ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"gelu"``
+        (exact erf form), ``"silu"``/``"swish"``, ``"elu"``, ``"softplus"``,
+        ``"leaky_relu"`` (slope 0.2), as Keras defines them; applied inside the kernel.
     groups : int
         Split the channels into this many groups (Keras ``groups``, PyTorch
         ``groups``): ``C_in`` and ``C_out`` must be multiples, and output

@@ -19,6 +19,7 @@ any device kernel.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -37,15 +38,34 @@ __all__ = [
 
 
 def apply_activation(values: np.ndarray, activation: str) -> np.ndarray:
-    """Apply a named activation to ``values`` in place and return them."""
-    if activation == "relu":
-        np.maximum(values, 0, out=values)
-    elif activation == "sigmoid":
-        with np.errstate(over="ignore"):
+    """Apply a named activation to ``values`` in place and return them.
+
+    Non-finite inputs give what the kernels give: for instance gelu and silu
+    of -inf are NaN (-inf times 0), softplus of -inf is 0, elu of -inf is -1.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if activation == "relu":
+            np.maximum(values, 0, out=values)
+        elif activation == "sigmoid":
             np.reciprocal(1.0 + np.exp(-values), out=values)
-    elif activation == "tanh":
-        np.tanh(values, out=values)
+        elif activation == "tanh":
+            np.tanh(values, out=values)
+        elif activation == "gelu":
+            values *= 0.5 * (1.0 + _erf(values / np.sqrt(2.0)))
+        elif activation == "silu":
+            values /= 1.0 + np.exp(-values)
+        elif activation == "elu":
+            np.copyto(values, np.expm1(values), where=~(values > 0))
+        elif activation == "softplus":
+            np.logaddexp(0.0, values, out=values)
+        elif activation == "leaky_relu":
+            np.copyto(values, 0.2 * values, where=values < 0)
+        elif activation != "linear":
+            raise ValueError(f"unknown activation {activation!r}")
     return values
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _to_host(value):

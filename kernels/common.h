@@ -4,7 +4,8 @@
 //
 // Build options read here (each with its default):
 //   PRECISION   32: float, 64: double (needs cl_khr_fp64)
-//   ACTIVATION  0 linear, 1 relu, 2 sigmoid, 3 tanh
+//   ACTIVATION  0 linear, 1 relu, 2 sigmoid, 3 tanh, 4 gelu (erf form),
+//               5 silu (swish), 6 elu, 7 softplus, 8 leaky_relu (slope 0.2)
 //   HAS_BIAS    1: the kernel adds a bias before the activation
 //   BORDER      what an index outside [0, n) reads: 0 zeros, 1 reflect,
 //               2 replicate, 3 circular, 4 symmetric (np.pad's constant,
@@ -50,8 +51,22 @@
 #define ACTIVATE(v) ((REAL)1 / ((REAL)1 + exp(-(v))))
 #elif ACTIVATION == 3
 #define ACTIVATE(v) tanh(v)
+#elif ACTIVATION == 4
+// Keras' gelu (approximate=False) and PyTorch's default: x * Phi(x).
+#define ACTIVATE(v) ((REAL)0.5 * (v) * ((REAL)1 + erf((v) * (REAL)0.70710678118654752440)))
+#elif ACTIVATION == 5
+#define ACTIVATE(v) ((v) / ((REAL)1 + exp(-(v))))
+#elif ACTIVATION == 6
+// alpha = 1, as Keras' "elu"; expm1 keeps small negative values exact.
+#define ACTIVATE(v) (((v) > (REAL)0) ? (v) : expm1(v))
+#elif ACTIVATION == 7
+// log(1 + exp(v)) without overflow: max(v, 0) + log1p(exp(-|v|)) (NaN stays NaN).
+#define ACTIVATE(v) (fmax((v), (REAL)0) + log1p(exp(-fabs(v))))
+#elif ACTIVATION == 8
+// Keras' leaky_relu: negative_slope 0.2 (PyTorch's default is 0.01).
+#define ACTIVATE(v) (((v) < (REAL)0) ? (REAL)0.2 * (v) : (v))
 #else
-#error "ACTIVATION must be 0 (linear), 1 (relu), 2 (sigmoid) or 3 (tanh)"
+#error "ACTIVATION must be 0 (linear), 1 (relu), 2 (sigmoid), 3 (tanh), 4 (gelu), 5 (silu), 6 (elu), 7 (softplus) or 8 (leaky_relu)"
 #endif
 
 #if HAS_BIAS != 0 && HAS_BIAS != 1

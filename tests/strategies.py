@@ -6,7 +6,9 @@ from hypothesis import strategies as st
 
 from clatrous.geometry import conv_geometry
 
-ACTIVATIONS = st.sampled_from([None, "linear", "relu", "sigmoid", "tanh"])
+ACTIVATIONS = st.sampled_from(
+    [None, "linear", "relu", "sigmoid", "tanh", "gelu", "silu", "elu", "softplus", "leaky_relu"]
+)
 DTYPES = st.sampled_from([np.float32, np.float64])
 
 

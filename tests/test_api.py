@@ -267,7 +267,8 @@ def test_repeated_call_builds_nothing():
 
 def test_activation_words():
     x, kernel, bias = _problem()
-    for activation in (None, "linear", "relu", "sigmoid", "tanh", "ReLU"):
+    words = (None, "linear", "relu", "sigmoid", "tanh", "ReLU", "gelu", "GELU", "silu", "swish")
+    for activation in (*words, "elu", "softplus", "leaky_relu"):
         out = clatrous.conv2d(x, kernel, bias, activation=activation)
         assert_matches_reference(out, x, kernel, bias, activation=activation)
 

@@ -7,6 +7,7 @@ any of them.
 """
 
 import numpy as np
+import scipy.special
 from helpers import assert_matches_reference, choices, forced_call, geometry_of, skip_without_fp64
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,6 +73,12 @@ def _naive_undilated(x, kernel, bias, sh, sw, pads, activation):
         "relu": lambda v: np.maximum(v, 0),
         "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
         "tanh": np.tanh,
+        # Keras' definitions, written independently of clatrous.reference.
+        "gelu": lambda v: v * 0.5 * (1 + scipy.special.erf(v / np.sqrt(2))),
+        "silu": lambda v: v * (1 / (1 + np.exp(-v))),
+        "elu": lambda v: np.where(v > 0, v, np.exp(v) - 1),
+        "softplus": lambda v: np.log1p(np.exp(v)),
+        "leaky_relu": lambda v: np.where(v >= 0, v, 0.2 * v),
     }[activation](out)
 
 

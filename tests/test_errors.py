@@ -113,7 +113,7 @@ def test_conv1d_rejects_bad_input(kwargs, error, words, no_opencl):
         ((0, 3), ValueError, "filters"),
         ((2, (3, 0)), ValueError, "kernel_size"),
         ((2, 3, 1, "full"), ValueError, "padding"),
-        ((2, 3, 1, "valid", 1, "gelu"), ValueError, "activation"),
+        ((2, 3, 1, "valid", 1, "softmax"), ValueError, "activation"),
         ((2, 3, 1, "valid", 1, None, "yes"), TypeError, "use_bias"),
         ((2, 3, 1, "valid", 1, None, True, "int8"), TypeError, "dtype"),
     ],

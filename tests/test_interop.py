@@ -5,7 +5,8 @@ Each test failed before its change.
 
 import numpy as np
 import pytest
-from helpers import assert_matches_reference
+import scipy.special
+from helpers import assert_matches_reference, skip_without_fp64
 
 import clatrous
 from clatrous import execute
@@ -85,3 +86,41 @@ def test_a_masked_array_is_refused_with_filled_as_the_advice(no_opencl):
         clatrous.conv2d(masked, K)
     with pytest.raises(TypeError, match="filled"):
         clatrous.Conv2D(3, 3).set_weights([np.ma.masked_array(K), np.zeros(3)])
+
+
+KERAS_ACTIVATIONS = ["gelu", "silu", "swish", "elu", "softplus", "leaky_relu"]
+
+
+@pytest.mark.parametrize("activation", KERAS_ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keras_activations_in_the_kernel_over_their_whole_range(activation, dtype):
+    # Issue 15: the activations Keras users reach for, fused like the others.
+    skip_without_fp64(dtype)
+    values = np.concatenate([np.linspace(-30, 30, 241), [-1e-3, 1e-3, 0.0]]).astype(dtype)
+    x = values.reshape(1, 1, -1, 1)
+    out = clatrous.conv2d(x, np.ones((1, 1, 1, 1)), activation=activation)[0, 0, :, 0]
+    v = values.astype(np.float64)
+    independent = {
+        "gelu": v * 0.5 * (1 + scipy.special.erf(v / np.sqrt(2))),
+        "silu": v / (1 + np.exp(-v)),
+        "elu": np.where(v > 0, v, np.expm1(v)),
+        "softplus": np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0),
+        "leaky_relu": np.where(v < 0, 0.2 * v, v),
+    }[clatrous.arguments.normalize_activation(activation)]
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(out, independent, rtol=tol, atol=tol)
+
+
+def test_keras_activations_agree_with_torch():
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-8, 8, 97).reshape(1, 1, -1, 1)
+    functions = {
+        "gelu": torch.nn.functional.gelu,
+        "silu": torch.nn.functional.silu,
+        "elu": torch.nn.functional.elu,
+        "softplus": torch.nn.functional.softplus,
+        "leaky_relu": lambda t: torch.nn.functional.leaky_relu(t, 0.2),
+    }
+    for name, function in functions.items():
+        out = clatrous.conv2d(x, np.ones((1, 1, 1, 1)), activation=name)
+        np.testing.assert_allclose(out, function(torch.tensor(x)).numpy(), rtol=1e-12, atol=1e-12)

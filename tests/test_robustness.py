@@ -125,7 +125,7 @@ def test_thousands_of_calls_leave_memory_flat():
 
 
 @pytest.mark.parametrize("choice", CHOICES + [("plane", {"VW": 8, "RB": 4})])
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "gelu", "silu", "softplus"])
 def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     rng = np.random.default_rng(4)
     cin, cout = (1, 1) if choice[0] == "plane" else (40, 16)
