@@ -24,6 +24,9 @@ __all__ = [
     "Prepared",
     "host_array",
     "normalize_activation",
+    "normalize_data_format",
+    "to_channels_first",
+    "to_channels_last",
     "prepare",
     "prepare_depthwise",
     "result_dtype",
@@ -72,6 +75,46 @@ def result_dtype(dtype, name: str = "x") -> np.dtype:
     raise TypeError(
         f"{name} must hold real numbers (bool, int or float), got dtype {dtype} ({dtype.kind!r} kind)"
     )
+
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def normalize_data_format(data_format) -> str:
+    """``"channels_last"`` (also for None, Keras' default) or ``"channels_first"``."""
+    if data_format is None:
+        return "channels_last"
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise ValueError(f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}")
+    return data_format.lower()
+
+
+def to_channels_last(x, data_format, ndim: int):
+    """(``x`` with its channels last, whether the result must move them back to axis 1).
+
+    A channels-first host array is read through a transposed view (staging
+    then makes the one contiguous copy a kernel reads); a device Array must
+    be channels-last, as the kernels index NHWC.
+    """
+    if normalize_data_format(data_format) == "channels_last":
+        return x, False
+    if is_device_array(x):
+        raise ValueError(
+            "data_format='channels_first' takes host arrays; give a device x channels-last "
+            f"{'(N, L, C_in)' if ndim == 1 else '(N, H, W, C_in)'}"
+        )
+    x = host_array(x, "x")
+    if x.ndim != ndim + 2:
+        layout = "(N, C_in, L)" if ndim == 1 else "(N, C_in, H, W)"
+        raise ValueError(
+            f"x must be {ndim + 2}-D {layout} with data_format='channels_first', got shape {x.shape}"
+        )
+    return np.moveaxis(x, 1, -1), True
+
+
+def to_channels_first(result):
+    """A channels-last result as a C-contiguous channels-first array."""
+    return np.ascontiguousarray(np.moveaxis(result, -1, 1))
 
 
 def normalize_activation(activation) -> str:

@@ -9,7 +9,7 @@ convolution is computed as a 2-D one with a single row.
 from __future__ import annotations
 
 from . import params, reference
-from .arguments import prepare, prepare_depthwise
+from .arguments import prepare, prepare_depthwise, to_channels_first, to_channels_last
 from .execute import run
 from .variants import CONV2D_VARIANTS, Operation
 
@@ -30,6 +30,7 @@ def conv2d(
     activation=None,
     groups=1,
     padding_mode="zeros",
+    data_format="channels_last",
     device=None,
 ):
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
@@ -67,8 +68,13 @@ def conv2d(
         pad width (also wider than the image).  Applied inside the kernels;
         no padded copy of ``x`` is made.  See the README for how these names
         map to scipy.ndimage's and PyTorch's.
+    data_format : {"channels_last", "channels_first"}
+        ``"channels_first"``: ``x`` is ``(N, C_in, H, W)`` and so is the result
+        ``(N, C_out, Ho, Wo)`` (host arrays only: read through a transposed
+        copy, as the kernels index channels-last).  The kernel keeps Keras'
+        layout either way, as in Keras.
     device : pyopencl Device, Context or CommandQueue, optional
-        Default: ``CLATROUS_DEVICE``, else the first GPU, else the first CPU.
+        Default: ``CLATROUS_DEVICE``, else ``PYOPENCL_CTX``, else the first GPU, else the first CPU.
 
     Returns
     -------
@@ -83,6 +89,7 @@ def conv2d(
     array([[ 9., 76.],
            [22., 75.]], dtype=float32)
     """
+    x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare(
         x,
         kernel,
@@ -96,6 +103,8 @@ def conv2d(
         padding_mode=padding_mode,
     )
     out = run(CONV2D, prepared, device, prepared.geometry.output_shape)
+    if channels_first:
+        return to_channels_first(out)
     return out[0, :, :, 0] if prepared.squeeze else out
 
 
@@ -110,6 +119,7 @@ def conv1d(
     activation=None,
     groups=1,
     padding_mode="zeros",
+    data_format="channels_last",
     device=None,
 ):
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
@@ -124,13 +134,14 @@ def conv1d(
     padding : {"valid", "same", "causal"}, int or (left, right)
         ``"causal"`` pads ``dilation_rate * (k - 1)`` on the left only, as
         WaveNet does, so output ``t`` sees inputs up to ``t``.
-    activation, groups, padding_mode, device
-        As for :func:`conv2d`.
+    activation, groups, padding_mode, data_format, device
+        As for :func:`conv2d` (channels-first: ``x`` ``(N, C_in, L)``, result ``(N, C_out, Lo)``).
 
     Returns
     -------
     (N, Lo, C_out) ndarray, or an Array on ``x``'s queue when ``x`` is one.
     """
+    x, channels_first = to_channels_last(x, data_format, 1)
     prepared = prepare(
         x,
         kernel,
@@ -145,6 +156,8 @@ def conv1d(
     )
     g = prepared.geometry
     out = run(CONV2D, prepared, device, (g.n, g.wo, g.cout))
+    if channels_first:
+        return to_channels_first(out)
     return out[0, :, 0] if prepared.squeeze else out
 
 
@@ -158,6 +171,7 @@ def depthwise_conv2d(
     padding_mode="zeros",
     dilation_rate=1,
     activation=None,
+    data_format="channels_last",
     device=None,
 ):
     """Depthwise dilated 2-D convolution, as ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
@@ -174,13 +188,15 @@ def depthwise_conv2d(
     kernel : (kh, kw, C_in, M) array_like
         ``M``, the depth multiplier, at least 1.
     bias : (C_in * M,) array_like, optional
-    strides, padding, padding_mode, dilation_rate, activation, device
+    strides, padding, padding_mode, dilation_rate, activation, data_format, device
         As for :func:`conv2d`.
 
     Returns
     -------
-    (N, Ho, Wo, C_in * M) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+    (N, Ho, Wo, C_in * M) ndarray (``(N, C_in * M, Ho, Wo)`` channels-first), or an
+    Array on ``x``'s queue when ``x`` is one.
     """
+    x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare_depthwise(
         x,
         kernel,
@@ -191,4 +207,5 @@ def depthwise_conv2d(
         dilation_rate=dilation_rate,
         activation=activation,
     )
-    return run(CONV2D, prepared, device, prepared.geometry.output_shape)
+    out = run(CONV2D, prepared, device, prepared.geometry.output_shape)
+    return to_channels_first(out) if channels_first else out

@@ -16,17 +16,32 @@ layer                     weights, in order
 (no bias with ``use_bias=False``).  Weights are created by :meth:`build` from
 the input's channel count only (Glorot-uniform kernels, zero bias, as Keras),
 so a layer built on 7x7 inputs accepts any spatial size afterwards.
+
+A Keras layer's ``get_config()`` loads with :meth:`from_config`: the keys
+that only matter for training (``name``, ``trainable``, initializers,
+regularizers, constraints) are accepted and kept for :meth:`get_config`;
+Keras' ``dtype`` policy dict is read for its dtype; a value clatrous cannot
+honour (``channels_first`` layouts aside, which are supported, a
+mixed-precision policy or LoRA, say) is a ValueError naming the key.
 """
 
 from __future__ import annotations
 
 import numbers
+import re
 import threading
 
 import numpy as np
 import pyopencl.array as cl_array
 
-from .arguments import host_array, is_device_array, normalize_activation
+from .arguments import (
+    host_array,
+    is_device_array,
+    normalize_activation,
+    normalize_data_format,
+    to_channels_first,
+    to_channels_last,
+)
 from .conv import conv2d, depthwise_conv2d
 from .errors import DeviceMemoryError
 from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
@@ -55,6 +70,27 @@ def _depthwise_glorot(rng, kernel_size: tuple[int, int], cin: int, multiplier: i
     return _glorot(rng, (kh, kw, cin, multiplier), kh * kw, kh * kw * multiplier)
 
 
+#: Keras config keys that matter only for training: accepted, kept, not used.
+_TRAINING_ONLY = re.compile(
+    r"(name|trainable|activity_regularizer|[a-z]+_(initializer|regularizer|constraint))"
+)
+
+
+def _keras_dtype(value):
+    """A dtype from a Keras config: a name, or Keras 3's ``DTypePolicy`` dict."""
+    if isinstance(value, dict):
+        config = value.get("config")
+        name = config.get("name") if isinstance(config, dict) else None
+        if not isinstance(name, str):
+            raise ValueError(f"dtype: a Keras dtype policy must hold config.name, got {value!r}")
+        if name.startswith("mixed_"):
+            raise ValueError(
+                f"dtype: the mixed-precision policy {name!r} is not supported; use 'float32' or 'float64'"
+            )
+        return name
+    return value
+
+
 class _Layer:
     """What the layers share: the geometry arguments, dtype, weights under a lock, and the call."""
 
@@ -69,7 +105,17 @@ class _Layer:
         padding_mode,
         dtype,
         device,
+        data_format="channels_last",
+        training_only=None,
     ):
+        for key in training_only or {}:
+            if not _TRAINING_ONLY.fullmatch(key):
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {key!r}")
+        #: The training-only Keras arguments given (``name``, initializers...),
+        #: kept as they were for :meth:`get_config`; they change nothing here.
+        self.training_config = dict(training_only or {})
+        self.data_format = normalize_data_format(data_format)
+        dtype = _keras_dtype(dtype)
         if not isinstance(use_bias, (bool, np.bool_)):
             raise TypeError(f"use_bias must be a bool, got {use_bias!r}")
         try:
@@ -147,15 +193,20 @@ class _Layer:
         weights = self._weights
         return None if weights is None or index >= len(weights) else weights[index]
 
-    @staticmethod
-    def _shape(input_shape) -> tuple:
-        """``input_shape`` as a 4-tuple of sizes, each None or a non-negative int (channels positive)."""
+    def _shape(self, input_shape) -> tuple:
+        """``input_shape`` as a channels-last 4-tuple of sizes, each None or a non-negative int.
+
+        With ``data_format="channels_first"`` it is given ``(N, C_in, H, W)``.
+        """
+        layout = "(N, C_in, H, W)" if self.data_format == "channels_first" else "(N, H, W, C_in)"
         try:
             shape = tuple(input_shape)
         except TypeError:
-            raise TypeError(f"input_shape must be a sequence (N, H, W, C_in), got {input_shape!r}") from None
+            raise TypeError(f"input_shape must be a sequence {layout}, got {input_shape!r}") from None
         if len(shape) != 4:
-            raise ValueError(f"input_shape must be (N, H, W, C_in), got {input_shape!r}")
+            raise ValueError(f"input_shape must be {layout}, got {input_shape!r}")
+        if self.data_format == "channels_first":
+            shape = (shape[0], shape[2], shape[3], shape[1])
         for size in shape:
             if size is not None and (
                 not isinstance(size, numbers.Integral) or isinstance(size, (bool, np.bool_))
@@ -164,12 +215,14 @@ class _Layer:
             if size is not None and size < 0:
                 raise ValueError(f"input_shape must hold non-negative sizes, got {input_shape!r}")
         if shape[-1] is None or shape[-1] < 1:
-            raise ValueError(f"input_shape must end with a positive channel count, got {input_shape!r}")
+            raise ValueError(f"input_shape must have a positive channel count, got {input_shape!r}")
         return tuple(None if size is None else int(size) for size in shape)
 
     def build(self, input_shape) -> None:
         """Create the weights for inputs of ``input_shape`` (only C_in matters)."""
-        cin = self._shape(input_shape)[-1]
+        self._build_for(self._shape(input_shape)[-1])
+
+    def _build_for(self, cin: int) -> None:
         self._check_channels(cin)
         weights = tuple(aligned_copy(w, self.dtype) for w in self._initial(np.random.default_rng(), cin))
         with self._lock:
@@ -227,11 +280,16 @@ class _Layer:
             self._weights = copies
 
     def __call__(self, x):
-        """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray."""
+        """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray.
+
+        With ``data_format="channels_first"``, ``x`` is ``(N, C_in, H, W)`` (a
+        host array) and so is the result.
+        """
         if not is_device_array(x):
             x = host_array(x, "x")
             if x.dtype.kind in "biuf":
                 x = x.astype(self.dtype, copy=False)
+        x, channels_first = to_channels_last(x, self.data_format, 2)
         if len(x.shape) != 4:
             raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
         with self._lock:
@@ -239,11 +297,12 @@ class _Layer:
         if weights is None:
             with self._build_lock:  # the first call builds, once; the others wait for it
                 if not self.built:
-                    self.build(x.shape)
+                    self._build_for(int(x.shape[-1]))
             with self._lock:
                 weights = self._weights
         out = self._forward(x, weights)
-        return out.get() if is_device_array(out) else out
+        out = out.get() if is_device_array(out) else out
+        return to_channels_first(out) if channels_first else out
 
     def _geometry_kwargs(self) -> dict:
         return dict(
@@ -274,14 +333,22 @@ class _Layer:
             if size < 1:
                 raise ValueError(f"input_shape {input_shape!r} is too small for the dilated kernel")
             spatial.append(size)
+        if self.data_format == "channels_first":
+            return (shape[0], self._channels_out(shape[-1]), *spatial)
         return (shape[0], *spatial, self._channels_out(shape[-1]))
 
     def get_config(self) -> dict:
-        """The constructor's arguments; ``type(layer)(**layer.get_config())`` rebuilds the layer."""
+        """The constructor's arguments; ``type(layer)(**layer.get_config())`` rebuilds the layer.
+
+        The training-only Keras keys the layer was given (``name``,
+        initializers...) come back as they were given.
+        """
         return {
+            **self.training_config,
             "kernel_size": self.kernel_size,
             "strides": self.strides,
             "padding": self.padding,
+            "data_format": self.data_format,
             "dilation_rate": self.dilation_rate,
             "activation": self.activation,
             "use_bias": self.use_bias,
@@ -291,10 +358,46 @@ class _Layer:
 
     @classmethod
     def from_config(cls, config: dict):
-        return cls(**config)
+        """A layer from its own :meth:`get_config` or from a Keras layer's.
+
+        Raises
+        ------
+        TypeError
+            ``config`` is not a dict.
+        ValueError
+            A key this layer does not know, or a value it cannot honour
+            (LoRA, a mixed-precision policy...), named in the message.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        config = dict(config)
+        for key in ("lora_rank", "dora_rank"):
+            if config.pop(key, None) not in (None, 0):
+                raise ValueError(
+                    f"{key}: LoRA/DoRA-adapted layers are not supported; merge the adapter first"
+                )
+            config.pop(key.replace("rank", "alpha"), None)
+        known = set(cls._constructor_keys())
+        for key in config:
+            if not isinstance(key, str) or not (key in known or _TRAINING_ONLY.fullmatch(key)):
+                raise ValueError(f"{cls.__name__} config has the key {key!r}, which it does not know")
+        training = {k: v for k, v in config.items() if k not in known}
+        kwargs = {k: v for k, v in config.items() if k in known}
+        try:
+            return cls(**kwargs, **training)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{cls.__name__}.from_config: {exc}") from None
+
+    @classmethod
+    def _constructor_keys(cls) -> tuple[str, ...]:
+        import inspect
+
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in parameters if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "dtype")
+        skip = {"dtype", *self.training_config}
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k not in skip)
         return f"{type(self).__name__}({args})"
 
 
@@ -338,14 +441,17 @@ class Conv2D(_Layer):
         device=None,
         groups=1,
         padding_mode="zeros",
+        data_format="channels_last",
+        **training_only,
     ):
         self.filters = _positive_int(filters, "filters")
         self.groups = _positive_int(groups, "groups")
         if self.filters % self.groups:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
         super().__init__(
-            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
-        )
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device,
+            data_format, training_only,
+        )  # fmt: skip
 
     kernel_names = ("kernel",)
 
@@ -406,11 +512,14 @@ class DepthwiseConv2D(_Layer):
         padding_mode="zeros",
         dtype="float32",
         device=None,
+        data_format="channels_last",
+        **training_only,
     ):
         self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
         super().__init__(
-            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
-        )
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device,
+            data_format, training_only,
+        )  # fmt: skip
 
     kernel_names = ("depthwise_kernel",)
 
@@ -467,12 +576,15 @@ class SeparableConv2D(_Layer):
         padding_mode="zeros",
         dtype="float32",
         device=None,
+        data_format="channels_last",
+        **training_only,
     ):
         self.filters = _positive_int(filters, "filters")
         self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
         super().__init__(
-            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device
-        )
+            kernel_size, strides, padding, dilation_rate, activation, use_bias, padding_mode, dtype, device,
+            data_format, training_only,
+        )  # fmt: skip
 
     kernel_names = ("depthwise_kernel", "pointwise_kernel")
 

@@ -23,7 +23,14 @@ import math
 
 import numpy as np
 
-from .arguments import Prepared, is_device_array, prepare, prepare_depthwise
+from .arguments import (
+    Prepared,
+    is_device_array,
+    prepare,
+    prepare_depthwise,
+    to_channels_first,
+    to_channels_last,
+)
 from .geometry import ConvGeometry
 
 __all__ = [
@@ -147,8 +154,10 @@ def conv2d(
     activation=None,
     groups=1,
     padding_mode="zeros",
+    data_format="channels_last",
 ):
     """Reference 2-D dilated cross-correlation; see :func:`clatrous.conv2d`."""
+    x, channels_first = to_channels_last(x, data_format, 2)
     p = prepare(
         x,
         kernel,
@@ -162,6 +171,8 @@ def conv2d(
         padding_mode=padding_mode,
     )
     out = _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
+    if channels_first:
+        return to_channels_first(out)
     return out[0, :, :, 0] if p.squeeze else out
 
 
@@ -176,8 +187,10 @@ def conv1d(
     activation=None,
     groups=1,
     padding_mode="zeros",
+    data_format="channels_last",
 ):
     """Reference 1-D dilated cross-correlation; see :func:`clatrous.conv1d`."""
+    x, channels_first = to_channels_last(x, data_format, 1)
     p = prepare(
         x,
         kernel,
@@ -193,6 +206,8 @@ def conv1d(
     x4 = np.asarray(_to_host(p.x))[:, None, :, :]
     k4 = np.asarray(_to_host(p.kernel))[None]
     out = _conv_nhwc(x4, k4, p.bias, p.geometry, p.activation, p.dtype)[:, 0]
+    if channels_first:
+        return to_channels_first(out)
     return out[0, :, 0] if p.squeeze else out
 
 
@@ -206,8 +221,10 @@ def depthwise_conv2d(
     padding_mode="zeros",
     dilation_rate=1,
     activation=None,
+    data_format="channels_last",
 ):
     """Reference depthwise dilated convolution; see :func:`clatrous.depthwise_conv2d`."""
+    x, channels_first = to_channels_last(x, data_format, 2)
     p = prepare_depthwise(
         x,
         kernel,
@@ -218,7 +235,8 @@ def depthwise_conv2d(
         dilation_rate=dilation_rate,
         activation=activation,
     )
-    return _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
+    out = _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
+    return to_channels_first(out) if channels_first else out
 
 
 def error_bound(
