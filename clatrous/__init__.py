@@ -4,7 +4,7 @@ The public names:
 
 - :func:`conv2d`, :func:`conv1d`, :func:`depthwise_conv2d`: the functional
   API (NumPy or pyopencl Arrays), with ``groups`` and ``padding_mode``.
-- :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
+- :class:`Conv1D`, :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
   Keras-like layers that load Keras' ``get_weights()`` as they are.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
@@ -18,7 +18,7 @@ from importlib import metadata as _metadata
 from . import params, reference
 from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
-from .layers import Conv2D, DepthwiseConv2D, SeparableConv2D
+from .layers import Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
 from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
@@ -31,6 +31,7 @@ except _metadata.PackageNotFoundError:  # imported from a checkout that was neve
 __all__ = [
     "BuildError",
     "ClatrousError",
+    "Conv1D",
     "Conv2D",
     "DepthwiseConv2D",
     "DeviceMemoryError",

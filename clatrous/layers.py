@@ -1,4 +1,4 @@
-"""Keras-like layers: ``Conv2D``, ``DepthwiseConv2D`` and ``SeparableConv2D``.
+"""Keras-like layers: ``Conv1D``, ``Conv2D``, ``DepthwiseConv2D`` and ``SeparableConv2D``.
 
 Each takes Keras' constructor arguments and weight layout, so that
 ``layer.set_weights(keras_layer.get_weights())`` loads a trained Keras layer
@@ -7,6 +7,7 @@ as it is:
 ========================  ==================================================
 layer                     weights, in order
 ========================  ==================================================
+``Conv1D``                kernel ``(k, C_in // groups, filters)``, bias ``(filters,)``
 ``Conv2D``                kernel ``(kh, kw, C_in // groups, filters)``, bias ``(filters,)``
 ``DepthwiseConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, bias ``(C_in * M,)``
 ``SeparableConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, pointwise kernel
@@ -27,6 +28,7 @@ mixed-precision policy or LoRA, say) is a ValueError naming the key.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 import threading
@@ -42,13 +44,13 @@ from .arguments import (
     to_channels_first,
     to_channels_last,
 )
-from .conv import conv2d, depthwise_conv2d
+from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import DeviceMemoryError
 from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
 from .runtime import get_runtime
 from .staging import aligned_copy
 
-__all__ = ["Conv2D", "DepthwiseConv2D", "SeparableConv2D"]
+__all__ = ["Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"]
 
 
 def _positive_int(value, name: str) -> int:
@@ -124,10 +126,10 @@ class _Layer:
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
         if np_dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
-        self.strides = normalize_tuple(strides, 2, "strides")
-        self.dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
-        self.padding = normalize_padding(padding, 2)
+        self.kernel_size = normalize_tuple(kernel_size, self.rank, "kernel_size")
+        self.strides = normalize_tuple(strides, self.rank, "strides")
+        self.dilation_rate = normalize_tuple(dilation_rate, self.rank, "dilation_rate")
+        self.padding = normalize_padding(padding, self.rank)
         self.padding_mode = normalize_padding_mode(padding_mode)
         self.activation = normalize_activation(activation)
         self.use_bias = bool(use_bias)
@@ -141,6 +143,9 @@ class _Layer:
         self._build_lock = threading.Lock()
 
     # -- what each layer defines
+
+    #: Spatial axes: 2 for the image layers, 1 for ``Conv1D``.
+    rank = 2
 
     #: The names of the kernels, in Keras' order; a "bias" follows when used.
     kernel_names: tuple[str, ...] = ()
@@ -161,9 +166,14 @@ class _Layer:
 
     def _cin_of(self, first_weight_shape: tuple[int, ...]) -> int:
         """The input channel count a given first weight implies."""
-        return first_weight_shape[2]
+        return first_weight_shape[self.rank]
 
     # -- shared
+
+    @property
+    def _layout(self) -> str:
+        spatial = "L" if self.rank == 1 else "H, W"
+        return f"(N, C_in, {spatial})" if self.data_format == "channels_first" else f"(N, {spatial}, C_in)"
 
     @property
     def weight_names(self) -> tuple[str, ...]:
@@ -194,19 +204,19 @@ class _Layer:
         return None if weights is None or index >= len(weights) else weights[index]
 
     def _shape(self, input_shape) -> tuple:
-        """``input_shape`` as a channels-last 4-tuple of sizes, each None or a non-negative int.
+        """``input_shape`` as a channels-last tuple of sizes, each None or a non-negative int.
 
         With ``data_format="channels_first"`` it is given ``(N, C_in, H, W)``.
         """
-        layout = "(N, C_in, H, W)" if self.data_format == "channels_first" else "(N, H, W, C_in)"
+        layout = self._layout
         try:
             shape = tuple(input_shape)
         except TypeError:
             raise TypeError(f"input_shape must be a sequence {layout}, got {input_shape!r}") from None
-        if len(shape) != 4:
+        if len(shape) != self.rank + 2:
             raise ValueError(f"input_shape must be {layout}, got {input_shape!r}")
         if self.data_format == "channels_first":
-            shape = (shape[0], shape[2], shape[3], shape[1])
+            shape = (shape[0], *shape[2:], shape[1])
         for size in shape:
             if size is not None and (
                 not isinstance(size, numbers.Integral) or isinstance(size, (bool, np.bool_))
@@ -257,8 +267,10 @@ class _Layer:
                 raise TypeError(f"{name} weights must be real numbers, got dtype {arr.dtype}")
             arrays.append(arr)
         first = arrays[0]
-        if first.ndim != 4:
-            raise ValueError(f"{self.weight_names[0]} weights must be 4-D, got shape {first.shape}")
+        if first.ndim != self.rank + 2:
+            raise ValueError(
+                f"{self.weight_names[0]} weights must be {self.rank + 2}-D, got shape {first.shape}"
+            )
         cin = self._cin_of(first.shape)
         if cin < 1:
             raise ValueError(
@@ -289,9 +301,9 @@ class _Layer:
             x = host_array(x, "x")
             if x.dtype.kind in "biuf":
                 x = x.astype(self.dtype, copy=False)
-        x, channels_first = to_channels_last(x, self.data_format, 2)
-        if len(x.shape) != 4:
-            raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
+        x, channels_first = to_channels_last(x, self.data_format, self.rank)
+        if len(x.shape) != self.rank + 2:
+            raise ValueError(f"x must be {self.rank + 2}-D {self._layout}, got shape {tuple(x.shape)}")
         with self._lock:
             weights = self._weights
         if weights is None:
@@ -317,7 +329,7 @@ class _Layer:
         shape = self._shape(input_shape)
         self._check_channels(shape[-1])
         spatial = []
-        for axis in range(2):
+        for axis in range(self.rank):
             n = shape[1 + axis]
             if n is None:
                 spatial.append(None)
@@ -327,6 +339,8 @@ class _Layer:
                 pads = (0, 0)
             elif self.padding == "same":
                 pads = same_padding(n, k, s, d)
+            elif self.padding == "causal":
+                pads = (d * (k - 1), 0)
             else:
                 pads = self.padding[axis]
             size = output_length(n, k, s, d, *pads)
@@ -464,15 +478,15 @@ class Conv2D(_Layer):
             raise ValueError(f"groups={self.groups} must divide the input channels, got {cin}")
 
     def _cin_of(self, first_weight_shape):
-        return first_weight_shape[2] * self.groups
+        return first_weight_shape[self.rank] * self.groups
 
     def _kernel_shapes(self, cin):
         return [(*self.kernel_size, cin // self.groups, self.filters)]
 
     def _initial_kernels(self, rng, cin):
-        kh, kw = self.kernel_size
-        per = cin // self.groups
-        return [_glorot(rng, (kh, kw, per, self.filters), kh * kw * per, kh * kw * self.filters)]
+        taps = math.prod(self.kernel_size)
+        (shape,) = self._kernel_shapes(cin)
+        return [_glorot(rng, shape, taps * (cin // self.groups), taps * self.filters)]
 
     def _channels_out(self, cin):
         return self.filters
@@ -490,6 +504,30 @@ class Conv2D(_Layer):
 
     def get_config(self) -> dict:
         return {"filters": self.filters, **super().get_config(), "groups": self.groups}
+
+
+class Conv1D(Conv2D):
+    """A 1-D dilated convolution layer, as Keras ``Conv1D`` (WaveNet's layer with ``padding="causal"``).
+
+    Input ``(N, L, C_in)`` (``(N, C_in, L)`` channels-first); weights
+    ``[kernel (k, C_in // groups, filters), bias (filters,)]``.  Arguments as
+    :class:`Conv2D`, with ints for ``kernel_size``, ``strides`` and
+    ``dilation_rate``, and ``padding="causal"`` too: output ``t`` sees
+    inputs up to ``t`` only.
+    """
+
+    rank = 1
+
+    def _forward(self, x, weights):
+        return conv1d(
+            x,
+            weights[0],
+            self._bias_of(weights),
+            activation=self.activation,
+            groups=self.groups,
+            device=self.device,
+            **self._geometry_kwargs(),
+        )
 
 
 class DepthwiseConv2D(_Layer):

@@ -227,3 +227,36 @@ def test_a_real_keras_layer_loads_by_config_and_weights_and_computes_the_same(ke
     ours.set_weights(theirs.get_weights())
     np.testing.assert_allclose(ours(x), expected, rtol=1e-4, atol=1e-5)
     assert ours.compute_output_shape(x.shape) == tuple(theirs.compute_output_shape(x.shape))
+
+
+# ---------------------------------------------------------------- Conv1D
+
+
+def test_conv1d_layer_is_causal_wavenet_style_and_matches_the_reference():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 30, 3)).astype(np.float32)
+    layer = clatrous.Conv1D(4, 2, padding="causal", dilation_rate=4, activation="tanh")
+    out = layer(x)
+    assert layer.kernel.shape == (2, 3, 4) and out.shape == layer.compute_output_shape(x.shape) == (2, 30, 4)
+    expected = reference.conv1d(
+        x, layer.kernel, layer.bias, padding="causal", dilation_rate=4, activation="tanh"
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # Causal: changing the future changes nothing before it.
+    later = x.copy()
+    later[:, 20:] += 1
+    np.testing.assert_array_equal(layer(later)[:, :20], out[:, :20])
+    assert clatrous.Conv1D.from_config(layer.get_config()).get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="3-D"):
+        layer(np.ones((1, 5, 5, 3)))
+
+
+def test_a_real_keras_conv1d_loads_and_computes_the_same(keras):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 40, 3)).astype(np.float32)
+    for kwargs in [dict(padding="causal", dilation_rate=8), dict(padding="same", strides=2, groups=3)]:
+        theirs = keras.layers.Conv1D(6, 3, activation="softplus", bias_initializer="random_normal", **kwargs)
+        expected = keras.ops.convert_to_numpy(theirs(x))
+        ours = clatrous.Conv1D.from_config(theirs.get_config())
+        ours.set_weights(theirs.get_weights())
+        np.testing.assert_allclose(ours(x), expected, rtol=1e-4, atol=1e-5)
