@@ -22,6 +22,7 @@ from .geometry import ConvGeometry, conv_geometry
 __all__ = [
     "ACTIVATIONS",
     "Prepared",
+    "check_out",
     "host_array",
     "normalize_activation",
     "normalize_data_format",
@@ -115,6 +116,44 @@ def to_channels_last(x, data_format, ndim: int):
 def to_channels_first(result):
     """A channels-last result as a C-contiguous channels-first array."""
     return np.ascontiguousarray(np.moveaxis(result, -1, 1))
+
+
+def check_out(out, prepared: Prepared, shape: tuple[int, ...]):
+    """``out`` validated for a call whose result has ``shape`` and ``prepared.dtype``.
+
+    A NumPy array for a host ``x``, a device Array (on x's context, starting
+    at its buffer's beginning) for a device ``x``; C-contiguous, writable, of
+    exactly the result's shape and dtype, and not sharing memory with ``x``,
+    the kernel or the bias (the kernel would read what it is overwriting).
+    """
+    if out is None:
+        return None
+    dtype = prepared.dtype
+    if is_device_array(prepared.x):
+        if not is_device_array(out):
+            raise TypeError(f"out must be a pyopencl Array when x is one, got {type(out).__name__}")
+        if out.offset != 0:
+            raise ValueError("out must start at the beginning of its buffer (a view with an offset cannot)")
+        for name in ("x", "kernel", "bias"):
+            value = getattr(prepared, name)
+            if is_device_array(value) and value.base_data == out.base_data:
+                raise ValueError(f"out must not share its buffer with {name}")
+    else:
+        if type(out) is not np.ndarray:
+            raise TypeError(f"out must be a NumPy ndarray when x is a host array, got {type(out).__name__}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writable")
+        for name in ("x", "kernel", "bias"):
+            value = getattr(prepared, name)
+            if isinstance(value, np.ndarray) and np.shares_memory(value, out):
+                raise ValueError(f"out must not share memory with {name}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {dtype} (the result's), got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)} (the result's), got {tuple(out.shape)}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    return out
 
 
 def normalize_activation(activation) -> str:

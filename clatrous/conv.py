@@ -8,8 +8,17 @@ convolution is computed as a 2-D one with a single row.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import params, reference
-from .arguments import prepare, prepare_depthwise, to_channels_first, to_channels_last
+from .arguments import (
+    check_out,
+    is_device_array,
+    prepare,
+    prepare_depthwise,
+    to_channels_first,
+    to_channels_last,
+)
 from .execute import run
 from .variants import CONV2D_VARIANTS, Operation
 
@@ -31,6 +40,7 @@ def conv2d(
     groups=1,
     padding_mode="zeros",
     data_format="channels_last",
+    out=None,
     device=None,
 ):
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
@@ -73,6 +83,12 @@ def conv2d(
         ``(N, C_out, Ho, Wo)`` (host arrays only: read through a transposed
         copy, as the kernels index channels-last).  The kernel keeps Keras'
         layout either way, as in Keras.
+    out : ndarray or pyopencl.array.Array, optional
+        Where to write the result (as scipy.ndimage's and OpenCV's ``out``):
+        of the result's shape and dtype, C-contiguous, writable, sharing no
+        memory with ``x``, ``kernel`` or ``bias``; an ndarray for a host
+        ``x``, an Array starting at its buffer's beginning for a device one.
+        It is returned.  The kernel writes it directly (channels-first aside).
     device : pyopencl Device, Context or CommandQueue, optional
         Default: ``CLATROUS_DEVICE``, else ``PYOPENCL_CTX``, else the first GPU, else the first CPU.
 
@@ -102,10 +118,11 @@ def conv2d(
         groups=groups,
         padding_mode=padding_mode,
     )
-    out = run(CONV2D, prepared, device, prepared.geometry.output_shape)
-    if channels_first:
-        return to_channels_first(out)
-    return out[0, :, :, 0] if prepared.squeeze else out
+    g = prepared.geometry
+    shape = (
+        (g.n, g.cout, g.ho, g.wo) if channels_first else (g.ho, g.wo) if prepared.squeeze else g.output_shape
+    )
+    return _run_into(prepared, device, g.output_shape, shape, channels_first, out)
 
 
 def conv1d(
@@ -120,6 +137,7 @@ def conv1d(
     groups=1,
     padding_mode="zeros",
     data_format="channels_last",
+    out=None,
     device=None,
 ):
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
@@ -134,7 +152,7 @@ def conv1d(
     padding : {"valid", "same", "causal"}, int or (left, right)
         ``"causal"`` pads ``dilation_rate * (k - 1)`` on the left only, as
         WaveNet does, so output ``t`` sees inputs up to ``t``.
-    activation, groups, padding_mode, data_format, device
+    activation, groups, padding_mode, data_format, out, device
         As for :func:`conv2d` (channels-first: ``x`` ``(N, C_in, L)``, result ``(N, C_out, Lo)``).
 
     Returns
@@ -155,10 +173,8 @@ def conv1d(
         padding_mode=padding_mode,
     )
     g = prepared.geometry
-    out = run(CONV2D, prepared, device, (g.n, g.wo, g.cout))
-    if channels_first:
-        return to_channels_first(out)
-    return out[0, :, 0] if prepared.squeeze else out
+    shape = (g.n, g.cout, g.wo) if channels_first else (g.wo,) if prepared.squeeze else (g.n, g.wo, g.cout)
+    return _run_into(prepared, device, (g.n, g.wo, g.cout), shape, channels_first, out)
 
 
 def depthwise_conv2d(
@@ -172,6 +188,7 @@ def depthwise_conv2d(
     dilation_rate=1,
     activation=None,
     data_format="channels_last",
+    out=None,
     device=None,
 ):
     """Depthwise dilated 2-D convolution, as ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
@@ -188,7 +205,7 @@ def depthwise_conv2d(
     kernel : (kh, kw, C_in, M) array_like
         ``M``, the depth multiplier, at least 1.
     bias : (C_in * M,) array_like, optional
-    strides, padding, padding_mode, dilation_rate, activation, data_format, device
+    strides, padding, padding_mode, dilation_rate, activation, data_format, out, device
         As for :func:`conv2d`.
 
     Returns
@@ -207,5 +224,30 @@ def depthwise_conv2d(
         dilation_rate=dilation_rate,
         activation=activation,
     )
-    out = run(CONV2D, prepared, device, prepared.geometry.output_shape)
-    return to_channels_first(out) if channels_first else out
+    g = prepared.geometry
+    shape = (g.n, g.cout, g.ho, g.wo) if channels_first else g.output_shape
+    return _run_into(prepared, device, g.output_shape, shape, channels_first, out)
+
+
+def _run_into(prepared, device, run_shape, shape, channels_first, out):
+    """Run, then give the result the caller's shape and layout, in ``out`` when given.
+
+    ``run_shape`` is what the kernels write (channels-last), ``shape`` what
+    the caller gets.  ``out`` is checked before any OpenCL call; a
+    channels-last ``out`` is written by the kernel itself.
+    """
+    check_out(out, prepared, shape)
+    direct = None if out is None or channels_first else out.reshape(run_shape)
+    result = run(CONV2D, prepared, device, run_shape, out=direct)
+    if channels_first:
+        result = to_channels_first(result)
+        if out is None:
+            return result
+        np.copyto(out, result)
+        return out
+    if out is not None:
+        if is_device_array(out) and direct is not out:
+            for event in direct.events:
+                out.add_event(event)
+        return out
+    return result.reshape(shape) if prepared.squeeze else result

@@ -79,13 +79,19 @@ def _poison(queue: cl.CommandQueue, buf, dtype: np.dtype, nbytes: int, wait_for:
 
 
 def enqueue(
-    runtime: Runtime, launch: Launch, prepared: Prepared, out_shape: tuple[int, ...], wait_for=()
+    runtime: Runtime,
+    launch: Launch,
+    prepared: Prepared,
+    out_shape: tuple[int, ...],
+    wait_for=(),
+    out: cl_array.Array | None = None,
 ) -> tuple[cl_array.Array, cl.Event]:
     """Launch on device-resident output: (the result Array, the kernel's event).
 
     Host ``kernel`` and ``bias`` are copied (the call returns before the
-    kernel runs); the kernel waits for ``wait_for`` and for every event
-    pending on device inputs; the result carries the kernel's event.
+    kernel runs); the kernel waits for ``wait_for``, for every event pending
+    on device inputs and on ``out`` (the caller's result Array, when given);
+    the result carries the kernel's event.
     """
     dtype, queue = prepared.dtype, runtime.queue
     x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=False)
@@ -96,7 +102,11 @@ def enqueue(
     if prepared.bias is not None:
         b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=False)
         waits += more
-    result = launch.device_result(queue, out_shape, dtype)
+    if out is None:
+        result = launch.device_result(queue, out_shape, dtype)
+    else:
+        result = out
+        waits += staging.pending_events(out)  # earlier readers and writers of out first
     waits = _poison(queue, result.base_data, dtype, result.nbytes, waits)
     event = launch.enqueue(queue, (x_buf, w_buf, b_buf, result.base_data), (x_offset,), waits)
     result.add_event(event)
@@ -104,7 +114,7 @@ def enqueue(
 
 
 def _host_call(
-    runtime: Runtime, launch: Launch, prepared: Prepared, out_shape: tuple[int, ...]
+    runtime: Runtime, launch: Launch, prepared: Prepared, out_shape: tuple[int, ...], out=None
 ) -> np.ndarray:
     """One launch on host arrays, read in place where possible; waits for the result."""
     dtype, queue = prepared.dtype, runtime.queue
@@ -113,7 +123,7 @@ def _host_call(
     b_buf = (
         None if prepared.bias is None else staging.weight_buffer(runtime, prepared.bias, dtype, share=True)[0]
     )
-    result, y_buf, shared = staging.host_output(runtime, out_shape, dtype)
+    result, y_buf, shared = staging.host_output(runtime, out_shape, dtype, out)
     pending: list[cl.Event] = []
     try:
         pending = _poison(queue, y_buf, dtype, result.nbytes, [])
@@ -128,12 +138,12 @@ def _host_call(
     return result
 
 
-def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choice):
+def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choice, out=None):
     launch = get_launch(runtime, op, prepared, choice)
     try:
         if is_device_array(prepared.x):
-            return enqueue(runtime, launch, prepared, out_shape)[0]
-        return _host_call(runtime, launch, prepared, out_shape)
+            return enqueue(runtime, launch, prepared, out_shape, out=out)[0]
+        return _host_call(runtime, launch, prepared, out_shape, out)
     except cl.MemoryError as exc:
         g = prepared.geometry
         raise DeviceMemoryError(
@@ -142,27 +152,33 @@ def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choic
         ) from None
 
 
-def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...]):
-    """Compute ``prepared`` with ``op`` on ``device``: an ndarray, or a device Array for one."""
+def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], out=None):
+    """Compute ``prepared`` with ``op`` on ``device``: an ndarray, or a device Array for one.
+
+    ``out`` (checked by :func:`clatrous.arguments.check_out`, of ``out_shape``)
+    is written and returned instead of a new result.
+    """
     runtime = runtime_for(prepared, device)
     check_device(runtime, prepared)
     dtype = prepared.dtype
     on_device = is_device_array(prepared.x)
     if 0 in out_shape:
+        if out is not None:
+            return out
         return cl_array.empty(runtime.queue, out_shape, dtype) if on_device else np.empty(out_shape, dtype)
 
     choice = params.forced_choice()
     g = prepared.geometry
     pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), resident_input=on_device)
     if len(pieces) == 1:
-        return _whole(runtime, op, prepared, out_shape, choice)
+        return _whole(runtime, op, prepared, out_shape, choice, out)
 
     # Too large for one launch: one choice for the whole problem, then the
     # pieces one after the other, each with the padding its position
     # implies, into one host result.
     if choice is None:
         choice = params.choose(runtime.info, op, g, dtype)
-    result = np.empty(out_shape, dtype)
+    result = np.empty(out_shape, dtype) if out is None else out
     whole = result.reshape(g.output_shape)
     x4 = np.asarray(prepared.x).reshape(g.n, g.h, g.w, g.cin)
     for piece in pieces:

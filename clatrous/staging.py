@@ -29,6 +29,7 @@ __all__ = [
     "aligned_empty",
     "host_output",
     "input_buffer",
+    "pending_events",
     "read_back",
 ]
 
@@ -65,7 +66,7 @@ _COMPLETE = cl.command_execution_status.COMPLETE
 _STATUS = cl.event_info.COMMAND_EXECUTION_STATUS
 
 
-def _pending(value) -> list[cl.Event]:
+def pending_events(value) -> list[cl.Event]:
     """The events on a device array that have not completed yet.
 
     Waiting on a completed event costs PoCL about 3 us a launch (W1 on device
@@ -87,7 +88,7 @@ def weight_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> t
     """
     if is_device_array(value):
         if value.offset == 0:
-            return value.base_data, _pending(value)
+            return value.base_data, pending_events(value)
         # A view with an offset: copy on the device so vector loads stay aligned.
         buf = cl.Buffer(runtime.context, _MF.READ_ONLY, value.nbytes)
         event = cl.enqueue_copy(
@@ -96,7 +97,7 @@ def weight_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> t
             value.base_data,
             src_offset=value.offset,
             byte_count=value.nbytes,
-            wait_for=_pending(value) or None,
+            wait_for=pending_events(value) or None,
         )
         return buf, [event]
     value = np.asarray(value)
@@ -127,7 +128,7 @@ def input_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> tu
     :func:`weight_buffer`.
     """
     if is_device_array(value):
-        return value.base_data, value.offset // dtype.itemsize, _pending(value)
+        return value.base_data, value.offset // dtype.itemsize, pending_events(value)
     value = np.asarray(value)
     if (
         share
@@ -149,12 +150,21 @@ def input_buffer(runtime: Runtime, value, dtype: np.dtype, *, share: bool) -> tu
     return buf, 0, events
 
 
-def host_output(runtime: Runtime, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, object, bool]:
-    """(result array, the buffer the kernel writes, whether that buffer is the result's memory)."""
+def host_output(
+    runtime: Runtime, shape: tuple[int, ...], dtype: np.dtype, out: np.ndarray | None = None
+) -> tuple[np.ndarray, object, bool]:
+    """(result array, the buffer the kernel writes, whether that buffer is the result's memory).
+
+    ``out``, a caller's C-contiguous array of ``shape`` and ``dtype``, is the
+    result when given: written in place by a CPU device when it is aligned,
+    else read back into.
+    """
     if runtime.info.host_memory and math.prod(shape) * dtype.itemsize > SMALL_BYTES:
-        result = aligned_empty(shape, dtype)
-        return result, cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result), True
-    result = np.empty(shape, dtype)
+        result = aligned_empty(shape, dtype) if out is None else out
+        if result.ctypes.data % ALIGN == 0:
+            buf = cl.Buffer(runtime.context, _MF.WRITE_ONLY | _MF.USE_HOST_PTR, hostbuf=result)
+            return result, buf, True
+    result = np.empty(shape, dtype) if out is None else out
     return result, cl.Buffer(runtime.context, _MF.WRITE_ONLY, result.nbytes), False
 
 

@@ -124,3 +124,66 @@ def test_keras_activations_agree_with_torch():
     for name, function in functions.items():
         out = clatrous.conv2d(x, np.ones((1, 1, 1, 1)), activation=name)
         np.testing.assert_allclose(out, function(torch.tensor(x)).numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- out=
+
+
+@pytest.mark.oclgrind_reuse_false_positive  # its device chain, after the host calls' buffers were released
+def test_out_is_written_in_place_for_host_and_device_calls():
+    import pyopencl.array as cl_array
+
+    from clatrous import runtime
+
+    rng = np.random.default_rng(6)
+    for shape in [(1, 9, 10, 2), (2, 70, 80, 2)]:  # small (copied back) and large (written in place)
+        x = rng.standard_normal(shape).astype(np.float32)
+        out = np.full((*shape[:3], 3), np.nan, np.float32)
+        got = clatrous.conv2d(x, K, padding="same", dilation_rate=2, out=out)
+        assert got is out
+        assert_matches_reference(out, x, K, padding="same", dilation_rate=2)
+    image = rng.standard_normal((12, 11)).astype(np.float32)
+    plane = np.empty((10, 9), np.float32)
+    assert clatrous.conv2d(image, np.ones((3, 3)), out=plane) is plane
+    np.testing.assert_allclose(plane, clatrous.reference.conv2d(image, np.ones((3, 3))), rtol=1e-5, atol=1e-5)
+    first = np.empty((2, 3, 4, 4), np.float32)  # channels-first: through a transposed copy
+    clatrous.conv2d(np.moveaxis(X, -1, 1), K, data_format="channels_first", out=first)
+    np.testing.assert_allclose(
+        first, np.moveaxis(clatrous.reference.conv2d(X, K), -1, 1), rtol=1e-5, atol=1e-5
+    )
+    queue = runtime.get_runtime().queue
+    x_dev = cl_array.to_device(queue, X)
+    out_dev = cl_array.empty(queue, (2, 4, 4, 3), np.float32)
+    got = clatrous.conv2d(x_dev, K, dilation_rate=1, out=out_dev)
+    assert got is out_dev and out_dev.events
+    assert_matches_reference(out_dev.get(), X, K)
+    # Chained on device: the second call waits for the first's event on out.
+    again = clatrous.conv2d(
+        out_dev, np.ones((1, 1, 3, 2)), out=cl_array.empty(queue, (2, 4, 4, 2), np.float32)
+    )
+    np.testing.assert_allclose(again.get(), out_dev.get().sum(-1, keepdims=True).repeat(2, -1), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "out, error, words",
+    [
+        (np.empty((2, 4, 4, 3), np.float64), TypeError, ["out", "float32"]),
+        (np.empty((2, 4, 4, 4), np.float32), ValueError, ["out", "(2, 4, 4, 3)"]),
+        (np.empty((2, 4, 4, 6), np.float32)[..., ::2], ValueError, ["out", "contiguous"]),
+        ([[1.0]], TypeError, ["out", "list"]),
+    ],
+)
+def test_a_bad_out_is_refused_before_opencl(out, error, words, no_opencl):
+    with pytest.raises(error) as info:
+        clatrous.conv2d(X, K, out=out)
+    assert all(word in str(info.value) for word in words), str(info.value)
+
+
+def test_out_sharing_memory_with_the_input_is_refused(no_opencl):
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        clatrous.conv2d(x, np.ones((1, 1, 3, 3)), out=x)
+    readonly = np.empty((2, 4, 4, 3), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        clatrous.conv2d(X, K, out=readonly)
