@@ -316,6 +316,27 @@ class _Layer:
         out = out.get() if is_device_array(out) else out
         return to_channels_first(out) if channels_first else out
 
+    def warmup(self, input_shape) -> None:
+        """Build the weights (if needed) and compile every program a call on ``input_shape`` runs.
+
+        The first call of each new specialisation (shape, dtype, rate,
+        activation...) compiles for seconds, about 35 ms from PyOpenCL's disk
+        cache in a later process; a server or a benchmark calls this once
+        first.  ``input_shape`` is a full shape, as the layer's input.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``input_shape`` is not a shape of concrete sizes this layer accepts.
+        """
+        shape = self._shape(input_shape)
+        if any(size is None for size in shape):
+            raise ValueError(f"input_shape must give every size to warm up for, got {input_shape!r}")
+        if not self.built:
+            self.build(input_shape)
+        x = np.zeros(tuple(input_shape), self.dtype)
+        self(x)
+
     def _geometry_kwargs(self) -> dict:
         return dict(
             strides=self.strides,

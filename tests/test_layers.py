@@ -74,3 +74,20 @@ class TestConv2DLayer:
         out = layer(x)  # float64 input, float32 layer: cast as Keras does
         assert out.dtype == np.float32 and out.shape == (1, 4, 5, 3)
         assert len(layer.get_weights()) == 1
+
+
+def test_warmup_compiles_ahead_so_the_first_real_call_builds_nothing():
+    # Issue 15: the first call of a new specialisation compiled for seconds.
+    from clatrous import launch, runtime
+
+    launch.forget_launches()
+    for layer, shape in [
+        (clatrous.SeparableConv2D(3, 3, padding="same", dilation_rate=5, activation="elu"), (1, 13, 11, 2)),
+        (clatrous.Conv1D(2, 3, padding="causal", dilation_rate=7, activation="softplus"), (2, 29, 3)),
+    ]:
+        layer.warmup(shape)
+        builds = runtime.settings.build_count
+        layer(np.random.default_rng(0).standard_normal(shape))
+        assert runtime.settings.build_count == builds
+    with pytest.raises(ValueError, match="every size"):
+        clatrous.Conv2D(2, 3).warmup((None, 8, 8, 3))
