@@ -320,9 +320,8 @@ class _Layer:
         """Build the weights (if needed) and compile every program a call on ``input_shape`` runs.
 
         The first call of each new specialisation (shape, dtype, rate,
-        activation...) compiles for seconds, about 35 ms from PyOpenCL's disk
-        cache in a later process; a server or a benchmark calls this once
-        first.  ``input_shape`` is a full shape, as the layer's input.
+        activation...) compiles for seconds (about 0.1 s from the disk caches
+        in a later process); a server or a benchmark calls this once first.  ``input_shape`` is a full shape, as the layer's input.
 
         Raises
         ------
