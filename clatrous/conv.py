@@ -8,7 +8,13 @@ convolution is computed as a 2-D one with a single row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
+import numpy.typing as npt
+import pyopencl as cl
+import pyopencl.array as cl_array
 
 from . import params, reference
 from .arguments import (
@@ -24,25 +30,34 @@ from .variants import CONV2D_VARIANTS, Operation
 
 __all__ = ["CONV2D", "conv1d", "conv2d", "depthwise_conv2d"]
 
+#: What the functions take as an array: anything NumPy converts, or a device Array.
+ArrayLike = npt.ArrayLike | cl_array.Array
+#: An int, or one int per spatial axis.
+IntOrPair = int | Sequence[int]
+#: Where to run: a Device, a Context, a CommandQueue, or None for the default.
+Device = cl.Device | cl.Context | cl.CommandQueue | None
+#: What the functions return: an ndarray, or a device Array for a device ``x``.
+Result = np.ndarray | cl_array.Array
+
 #: The dense convolution: its kernel variants, its NumPy reference, its defaults.
 CONV2D = Operation("conv2d", CONV2D_VARIANTS, reference.conv_prepared, params.conv2d_defaults)
 
 
 def conv2d(
-    x,
-    kernel,
-    bias=None,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
     *,
-    strides=1,
-    padding="valid",
-    dilation_rate=1,
-    activation=None,
-    groups=1,
-    padding_mode="zeros",
-    data_format="channels_last",
-    out=None,
-    device=None,
-):
+    strides: IntOrPair = 1,
+    padding: str | int | Sequence = "valid",
+    dilation_rate: IntOrPair = 1,
+    activation: str | None = None,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
+    out: Result | None = None,
+    device: Device = None,
+) -> Result:
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
 
     Computes what Keras ``Conv2D(dilation_rate=...)``, TensorFlow and PyTorch
@@ -97,6 +112,21 @@ def conv2d(
     (N, Ho, Wo, C_out) ndarray, or an Array on ``x``'s queue when ``x`` is one.
         float64 when ``x`` is float64, float32 otherwise.
 
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (complex, object, a masked
+        array, a tensor that requires grad, a float64 call on a device
+        without float64...), named in the message, before any OpenCL call.
+    ValueError
+        A shape, size or word that does not fit (channels that do not match,
+        a dilated kernel larger than the padded input, a bad ``out``...),
+        named in the message, before any OpenCL call.
+    clatrous.DeviceNotFoundError, clatrous.BuildError, clatrous.DeviceMemoryError
+        No usable device; a kernel its compiler refused (the log and the
+        specialised source are attached); a problem the device cannot hold
+        even split.
+
     Examples
     --------
     >>> import numpy as np, clatrous
@@ -126,20 +156,20 @@ def conv2d(
 
 
 def conv1d(
-    x,
-    kernel,
-    bias=None,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
     *,
-    strides=1,
-    padding="valid",
-    dilation_rate=1,
-    activation=None,
-    groups=1,
-    padding_mode="zeros",
-    data_format="channels_last",
-    out=None,
-    device=None,
-):
+    strides: int | Sequence[int] = 1,
+    padding: str | int | Sequence = "valid",
+    dilation_rate: int | Sequence[int] = 1,
+    activation: str | None = None,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
+    out: Result | None = None,
+    device: Device = None,
+) -> Result:
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
 
     Parameters
@@ -158,6 +188,21 @@ def conv1d(
     Returns
     -------
     (N, Lo, C_out) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (complex, object, a masked
+        array, a tensor that requires grad, a float64 call on a device
+        without float64...), named in the message, before any OpenCL call.
+    ValueError
+        A shape, size or word that does not fit (channels that do not match,
+        a dilated kernel larger than the padded input, a bad ``out``...),
+        named in the message, before any OpenCL call.
+    clatrous.DeviceNotFoundError, clatrous.BuildError, clatrous.DeviceMemoryError
+        No usable device; a kernel its compiler refused (the log and the
+        specialised source are attached); a problem the device cannot hold
+        even split.
     """
     x, channels_first = to_channels_last(x, data_format, 1)
     prepared = prepare(
@@ -178,19 +223,19 @@ def conv1d(
 
 
 def depthwise_conv2d(
-    x,
-    kernel,
-    bias=None,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
     *,
-    strides=1,
-    padding="valid",
-    padding_mode="zeros",
-    dilation_rate=1,
-    activation=None,
-    data_format="channels_last",
-    out=None,
-    device=None,
-):
+    strides: IntOrPair = 1,
+    padding: str | int | Sequence = "valid",
+    padding_mode: str = "zeros",
+    dilation_rate: IntOrPair = 1,
+    activation: str | None = None,
+    data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
+    out: Result | None = None,
+    device: Device = None,
+) -> Result:
     """Depthwise dilated 2-D convolution, as ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
 
     Each input channel ``c`` is convolved with its own ``M`` filters
@@ -212,6 +257,21 @@ def depthwise_conv2d(
     -------
     (N, Ho, Wo, C_in * M) ndarray (``(N, C_in * M, Ho, Wo)`` channels-first), or an
     Array on ``x``'s queue when ``x`` is one.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (complex, object, a masked
+        array, a tensor that requires grad, a float64 call on a device
+        without float64...), named in the message, before any OpenCL call.
+    ValueError
+        A shape, size or word that does not fit (channels that do not match,
+        a dilated kernel larger than the padded input, a bad ``out``...),
+        named in the message, before any OpenCL call.
+    clatrous.DeviceNotFoundError, clatrous.BuildError, clatrous.DeviceMemoryError
+        No usable device; a kernel its compiler refused (the log and the
+        specialised source are attached); a problem the device cannot hold
+        even split.
     """
     x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare_depthwise(

@@ -32,8 +32,10 @@ import math
 import numbers
 import re
 import threading
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pyopencl.array as cl_array
 
 from .arguments import (
@@ -228,8 +230,15 @@ class _Layer:
             raise ValueError(f"input_shape must have a positive channel count, got {input_shape!r}")
         return tuple(None if size is None else int(size) for size in shape)
 
-    def build(self, input_shape) -> None:
-        """Create the weights for inputs of ``input_shape`` (only C_in matters)."""
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        """Create fresh weights for inputs of ``input_shape`` (only C_in matters).
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``input_shape`` is not a shape of this layer's rank with a
+            positive channel count (or one ``groups`` does not divide).
+        """
         self._build_for(self._shape(input_shape)[-1])
 
     def _build_for(self, cin: int) -> None:
@@ -250,8 +259,18 @@ class _Layer:
         weights = self._weights
         return [] if weights is None else [w.copy() for w in weights]
 
-    def set_weights(self, weights) -> None:
-        """Replace the weights with copies of ``weights``, in Keras' order."""
+    def set_weights(self, weights: Sequence[npt.ArrayLike]) -> None:
+        """Replace the weights with copies of ``weights``, in Keras' order.
+
+        Raises
+        ------
+        TypeError
+            ``weights`` is not a list or tuple, or holds something that is not
+            real numbers (a masked array, a tensor that requires grad...).
+        ValueError
+            The wrong number of arrays, or a shape that does not fit the
+            layer (or its weights so far), named in the message.
+        """
         if not isinstance(weights, (list, tuple)):
             names = ", ".join(self.weight_names)
             raise TypeError(f"weights must be a list [{names}], got {type(weights).__name__}")
@@ -291,11 +310,17 @@ class _Layer:
         with self._lock:
             self._weights = copies
 
-    def __call__(self, x):
+    def __call__(self, x: npt.ArrayLike | cl_array.Array) -> np.ndarray:
         """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray.
 
         With ``data_format="channels_first"``, ``x`` is ``(N, C_in, H, W)`` (a
-        host array) and so is the result.
+        host array) and so is the result.  The first call builds the weights.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`clatrous.conv2d` does for ``x`` (named ``x``), before
+            any OpenCL call.
         """
         if not is_device_array(x):
             x = host_array(x, "x")
@@ -316,12 +341,13 @@ class _Layer:
         out = out.get() if is_device_array(out) else out
         return to_channels_first(out) if channels_first else out
 
-    def warmup(self, input_shape) -> None:
+    def warmup(self, input_shape: Sequence[int]) -> None:
         """Build the weights (if needed) and compile every program a call on ``input_shape`` runs.
 
         The first call of each new specialisation (shape, dtype, rate,
         activation...) compiles for seconds (about 0.1 s from the disk caches
-        in a later process); a server or a benchmark calls this once first.  ``input_shape`` is a full shape, as the layer's input.
+        in a later process); a server or a benchmark calls this once first.
+        ``input_shape`` is a full shape, as the layer's input.
 
         Raises
         ------
@@ -344,7 +370,7 @@ class _Layer:
             padding_mode=self.padding_mode,
         )
 
-    def compute_output_shape(self, input_shape) -> tuple:
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
         """Output shape for ``input_shape`` (N, H, W, C_in); unknown sizes stay ``None``."""
         shape = self._shape(input_shape)
         self._check_channels(shape[-1])
@@ -391,7 +417,7 @@ class _Layer:
         }
 
     @classmethod
-    def from_config(cls, config: dict):
+    def from_config(cls, config: dict) -> _Layer:
         """A layer from its own :meth:`get_config` or from a Keras layer's.
 
         Raises

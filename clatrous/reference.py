@@ -297,6 +297,14 @@ def dilate(kernel, rate) -> np.ndarray:
         A new array of the kernel's dtype; a convolution with it at rate 1
         equals a convolution with ``kernel`` at ``dilation_rate=rate``.
 
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not an array of numbers (a masked array, strings...),
+        or ``rate`` is not an int or a tuple of ints.
+    ValueError
+        A rate below 1, or more rates than the kernel has axes.
+
     Examples
     --------
     >>> dilate([[10, -8], [15, -2]], 2)

@@ -157,7 +157,22 @@ def _host_unified(device: cl.Device) -> bool:
 
 
 def list_devices() -> list[tuple[int, int, cl.Platform, cl.Device]]:
-    """Every (platform index, device index, platform, device) the ICD loader sees."""
+    """Every OpenCL device the ICD loader sees, as ``clatrous.devices()``.
+
+    Returns
+    -------
+    list of (platform index, device index, pyopencl.Platform, pyopencl.Device)
+        In the loader's order; the indices are what ``CLATROUS_DEVICE=P:D``
+        and ``PYOPENCL_CTX=P:D`` take.  Empty when there is no OpenCL
+        platform at all (never an exception); a platform whose devices
+        cannot be listed is left out.
+
+    Examples
+    --------
+    >>> import clatrous
+    >>> for p, d, platform, device in clatrous.devices():  # doctest: +SKIP
+    ...     print(p, d, platform.name, device.name)
+    """
     found = []
     try:
         platforms = cl.get_platforms()
@@ -305,7 +320,20 @@ def usable_devices() -> list[cl.Device]:
 
 
 def default_device() -> cl.Device:
-    """The device used when ``device=None`` (see the module's docstring)."""
+    """The device that ``device=None`` calls run on, chosen once per process.
+
+    In order: the device set with :func:`set_default_device`;
+    ``CLATROUS_DEVICE`` (a name substring or ``platform:device`` indices);
+    ``PYOPENCL_CTX``, read as PyOpenCL reads it; else the first GPU, the
+    first CPU, then any device, skipping those whose compiler cannot build a
+    trivial kernel.  The variables are matched as text, never evaluated.
+
+    Raises
+    ------
+    clatrous.DeviceNotFoundError
+        No OpenCL platform, no device that can build, or a variable that
+        names no device (the message lists the devices there are).
+    """
     global _default
     device = _default
     if device is not None:  # read once: set_default_device may change it meanwhile

@@ -14,3 +14,35 @@ def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+PUBLIC = [
+    clatrous.conv1d,
+    clatrous.conv2d,
+    clatrous.depthwise_conv2d,
+    clatrous.dilate,
+    clatrous.devices,
+    clatrous.default_device,
+    clatrous.Conv2D.from_config,
+    clatrous.Conv2D.set_weights,
+    clatrous.Conv2D.build,
+    clatrous.Conv2D.warmup,
+    clatrous.Conv2D.__call__,
+]
+
+
+@pytest.mark.parametrize("function", PUBLIC, ids=lambda f: f.__qualname__)
+def test_public_functions_are_typed_and_document_what_they_raise_or_return(function):
+    # Issue 15: type hints, a Raises section in each public docstring.
+    import typing
+
+    hints = typing.get_type_hints(function)
+    assert "return" in hints
+    doc = function.__doc__ or ""
+    assert "Raises\n" in doc or "Returns\n" in doc and function is clatrous.devices, function.__qualname__
+
+
+def test_the_package_is_marked_typed():
+    from importlib.resources import files
+
+    assert files("clatrous").joinpath("py.typed").is_file()
