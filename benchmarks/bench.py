@@ -17,6 +17,9 @@ Debian's libclblast-dev, or CLBLAST_LIBRARY=path), the naive
 one-output-per-work-item kernel (clatrous's ``direct`` variant), and the NumPy
 reference on the small workloads (timed after the others, not interleaved).
 Every clatrous result is checked against the reference before it is timed.
+Two more clatrous rows time the host call in the loops users write: one that
+keeps each result (the last 32; each call then writes fresh memory) and one
+that writes into the same ``out=`` array every call.
 
     python benchmarks/bench.py                      # the standard workloads
     python benchmarks/bench.py --only W4,W6 --rounds 20
@@ -30,6 +33,7 @@ Set CLATROUS_DEVICE (or --device) to choose the OpenCL device.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.metadata
 import os
 import platform
@@ -209,6 +213,25 @@ def clatrous_device(wl, rt):
         return out
 
     return run
+
+
+def clatrous_kept(wl, rt):
+    """The host call in a loop that keeps its results (the last 32): each needs fresh memory."""
+    if wl.kind == "separable":
+        return None
+    call = _clatrous_call(wl, clatrous, rt.queue)
+    kept = collections.deque(maxlen=32)
+    return lambda: kept.append(call(wl.arrays["x"]))
+
+
+def clatrous_out(wl, rt):
+    """The host call writing into one ``out=`` array, call after call."""
+    if wl.kind == "separable":
+        return None
+    a = wl.arrays
+    fn = {"conv1d": clatrous.conv1d, "conv2d": clatrous.conv2d}.get(wl.kind) or clatrous.depthwise_conv2d
+    out = np.empty_like(fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs))
+    return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, out=out, **wl.kwargs)
 
 
 def clatrous_direct(wl, rt):
@@ -474,6 +497,8 @@ def clblast(wl, rt):
 PEERS = {
     "clatrous": clatrous_host,
     "clatrous (device arrays)": clatrous_device,
+    "clatrous (results kept)": clatrous_kept,
+    "clatrous (out=)": clatrous_out,
     "PyTorch": pytorch,
     "PyTorch (CUDA)": pytorch_cuda,
     "tinygrad (CL)": tinygrad,
