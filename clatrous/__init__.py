@@ -6,6 +6,8 @@ The public names:
   API (NumPy or pyopencl Arrays), with ``groups`` and ``padding_mode``.
 - :class:`Conv1D`, :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
   Keras-like layers that load Keras' ``get_weights()`` as they are.
+- :func:`starlet`, :func:`istarlet`: the starlet wavelet transform (the
+  original algorithme à trous) and its inverse, every scale on the device.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
 - :mod:`clatrous.params`: which kernel configuration runs (``params.forced``),
@@ -22,6 +24,7 @@ from .layers import Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
 from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
+from .wavelet import istarlet, starlet
 
 try:
     __version__ = _metadata.version("clatrous")
@@ -44,6 +47,8 @@ __all__ = [
     "depthwise_conv2d",
     "devices",
     "dilate",
+    "istarlet",
     "params",
     "reference",
+    "starlet",
 ]

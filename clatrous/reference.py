@@ -31,7 +31,7 @@ from .arguments import (
     to_channels_first,
     to_channels_last,
 )
-from .geometry import ConvGeometry
+from .geometry import ConvGeometry, normalize_padding_mode
 
 __all__ = [
     "apply_activation",
@@ -41,6 +41,9 @@ __all__ = [
     "depthwise_conv2d",
     "dilate",
     "error_bound",
+    "istarlet",
+    "starlet",
+    "starlet_smooth",
 ]
 
 
@@ -87,7 +90,13 @@ def _valid_outputs(n: int, out: int, s: int, pad: int, offset: int) -> tuple[int
 
 
 #: np.pad's name for each padding_mode but zeros.
-NP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap", "symmetric": "symmetric"}
+NP_PAD_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+    "symmetric": "symmetric",
+}
 
 
 def _padded(x: np.ndarray, g: ConvGeometry) -> tuple[np.ndarray, ConvGeometry]:
@@ -338,3 +347,50 @@ def dilate(kernel, rate) -> np.ndarray:
     out = np.zeros(shape, dtype=arr.dtype)
     out[tuple(index)] = arr
     return out
+
+
+#: The B3-spline filter of the starlet, [1, 4, 6, 4, 1] / 16.
+B3 = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def starlet_smooth(c: np.ndarray, level: int, padding_mode: str = "reflect") -> np.ndarray:
+    """``h_level * c`` for images ``c (..., H, W)``: np.pad by ``2 * 2**level``, then the B3 filter.
+
+    The filter's taps are ``2**level`` apart, applied along the rows and then
+    the columns of the padded image (the same as the 2-D separable filter on
+    the image padded on both axes, as ``np.pad`` pads each axis by itself).
+    """
+    mode = NP_PAD_MODES[normalize_padding_mode(padding_mode)]
+    d = 2**level
+    pad = 2 * d
+    c = np.asarray(c, np.float64)
+    lead = [(0, 0)] * (c.ndim - 2)
+    padded = np.pad(c, [*lead, (pad, pad), (pad, pad)], mode=mode)
+    h, w = c.shape[-2:]
+    rows = sum(B3[t] * padded[..., t * d : t * d + h, :] for t in range(5))
+    return sum(B3[t] * rows[..., :, t * d : t * d + w] for t in range(5))
+
+
+def starlet(image, levels: int, *, generation: int = 1, padding_mode: str = "reflect") -> np.ndarray:
+    """Reference starlet transform, in float64; see :func:`clatrous.starlet`."""
+    image = np.asarray(image, np.float64)
+    c, planes = image, []
+    for j in range(levels):
+        smooth = starlet_smooth(c, j, padding_mode)
+        again = smooth if generation == 1 else starlet_smooth(smooth, j, padding_mode)
+        planes.append(c - again)
+        c = smooth
+    planes.append(c)
+    return np.stack(planes, axis=-3)
+
+
+def istarlet(coefficients, *, generation: int = 1, padding_mode: str = "reflect") -> np.ndarray:
+    """Reference inverse starlet transform, in float64; see :func:`clatrous.istarlet`."""
+    coefficients = np.asarray(coefficients, np.float64)
+    levels = coefficients.shape[-3] - 1
+    if generation == 1:
+        return coefficients.sum(axis=-3)
+    c = coefficients[..., levels, :, :]
+    for j in reversed(range(levels)):
+        c = starlet_smooth(c, j, padding_mode) + coefficients[..., j, :, :]
+    return c

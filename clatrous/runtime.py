@@ -47,6 +47,7 @@ __all__ = [
     "find_device",
     "find_pyopencl_ctx",
     "get_runtime",
+    "kernel_files",
     "kernel_source",
     "list_devices",
     "live_runtimes",
@@ -392,6 +393,16 @@ def _kernel_file(name: str):
     except ModuleNotFoundError:
         pass
     return Path(__file__).resolve().parent.parent / "kernels" / name
+
+
+def kernel_files() -> list[str]:
+    """The names of the ``.cl`` sources (inside the installed package, else in the checkout)."""
+    try:
+        folder = importlib.resources.files("clatrous.kernels")
+        names = [p.name for p in folder.iterdir()]
+    except ModuleNotFoundError:
+        names = [p.name for p in (Path(__file__).resolve().parent.parent / "kernels").iterdir()]
+    return sorted(name for name in names if name.endswith(".cl"))
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
