@@ -9,12 +9,14 @@ the wavelet planes are ``w_{j+1} = c_j - c_{j+1}`` (first generation) or
 its input by ``2 * 2**j`` on every side as ``np.pad`` does with the
 ``padding_mode``'s numpy name, so any image size and level count work.
 
-It plugs into the pipeline as a chain of the dense operation's launches: each
-smoothing is two :func:`clatrous.conv2d` calls on device arrays (a 5x1 then
-a 1x5 kernel at rate ``2**j``, "same" padding, the border applied inside the
-kernel), and each plane one launch of ``kernels/starlet_combine.cl`` that
-writes it straight into its slice of the result.  Every launch waits for the
-one before by its event: no scale comes back to the host until the end.
+Each smoothing is two launches of ``kernels/starlet_pass.cl`` (the B3
+filter along the rows, then along the columns, taps ``2**j`` apart, the
+border applied inside the kernel through ``border_index``); the column pass
+also writes the wavelet plane straight into its slice of the result, so a
+level reads and writes the image three times.  The reconstruction adds
+planes with ``kernels/starlet_combine.cl``.  Every launch waits for the ones
+before by their events, into scratch images reused from level to level: no
+scale comes back to the host until the end.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from .arguments import host_array, is_device_array, result_dtype
-from .conv import Device, conv2d
+from .conv import Device
 from .errors import UnsupportedDeviceError
-from .geometry import normalize_padding_mode
-from .reference import B3
+from .geometry import BORDERS, normalize_padding_mode
 from .runtime import Runtime, get_runtime
 from .staging import pending_events
 
@@ -38,9 +39,6 @@ __all__ = ["MAX_LEVELS", "istarlet", "starlet"]
 
 #: The most levels a transform may have (the last filter's taps are 2**(levels - 1) apart).
 MAX_LEVELS = 24
-
-_ROWS = B3.reshape(5, 1, 1, 1)
-_COLUMNS = B3.reshape(1, 5, 1, 1)
 
 
 def _check(levels, generation, padding_mode) -> tuple[int, int, str]:
@@ -75,63 +73,131 @@ def _images(value, name: str, ndim_plain: int):
     return value, dtype, len(shape) == ndim_plain
 
 
-_combine_lock = threading.Lock()
-_combines: dict[tuple, cl.Kernel] = {}
+_kernel_lock = threading.Lock()
+_kernels: dict[tuple, cl.Kernel] = {}
+
+
+def _launch(runtime: Runtime, source: str, options: tuple[str, ...], operands, scalars, size, local, written):
+    """Launch ``source``'s kernel on ``operands`` ``(array, element offset, stride)``, ordered by events.
+
+    The launch waits for every event pending on its operands and leaves its
+    own on each of them, readers included: the next launch that overwrites
+    one (the buffers are reused from level to level) waits for this one.
+    An operand it writes (the indices ``written``) keeps only this event,
+    which follows all the others; an operand it reads adds it.  (PyOpenCL's
+    ``add_event`` would wait on the host once an array holds 12 events.)
+    """
+    key = (runtime.context.int_ptr, source, options)
+    with _kernel_lock:
+        kernel = _kernels.get(key)
+        if kernel is None:
+            kernel = _kernels[key] = cl.Kernel(runtime.program(source, options), source[:-3])
+        arrays = list({id(op[0]): op[0] for op in operands}.values())
+        waits = [event for array in arrays for event in pending_events(array)]
+        offsets = [np.int64(v) for op in operands for v in op[1:]]
+        kernel.set_args(*(op[0].base_data for op in operands), *offsets, *scalars)
+        event = cl.enqueue_nd_range_kernel(runtime.queue, kernel, size, local, wait_for=waits or None)
+    writes = {id(operands[i][0]) for i in written}
+    for array in arrays:
+        if id(array) in writes:
+            array.events[:] = [event]
+        else:
+            array.events[:] = [*pending_events(array), event]
+
+
+def _precision(dtype: np.dtype) -> str:
+    return f"-DPRECISION={64 if dtype == np.float64 else 32}"
 
 
 def _combine(runtime: Runtime, dtype: np.dtype, sign: int, a, b, out, n: int, hw: int) -> None:
-    """``out = a + sign * b`` on ``n`` planes of ``hw`` elements.
+    """``out = a + sign * b`` on ``n`` planes of ``hw`` elements (operands as for :func:`_launch`)."""
+    local = min(64, runtime.info.max_work_group)
+    size = (-(-hw // local) * local, n)
+    options = (_precision(dtype), f"-DSIGN={sign}")
+    _launch(runtime, "starlet_combine.cl", options, (a, b, out), [np.int64(hw)], size, (local, 1), (2,))
 
-    Each operand is ``(array, element offset, stride between planes)``.
-    """
-    precision = 64 if dtype == np.float64 else 32
-    key = (runtime.context.int_ptr, precision, sign)
-    with _combine_lock:
-        kernel = _combines.get(key)
-        if kernel is None:
-            program = runtime.program("starlet_combine.cl", (f"-DPRECISION={precision}", f"-DSIGN={sign}"))
-            kernel = _combines[key] = cl.Kernel(program, "starlet_combine")
-        waits = [*pending_events(a[0]), *pending_events(b[0]), *pending_events(out[0])]
-        scalars = [np.int64(v) for operand in (a, b, out) for v in operand[1:]]
-        kernel.set_args(a[0].base_data, b[0].base_data, out[0].base_data, *scalars, np.int64(hw))
-        local = min(64, runtime.info.max_work_group)
-        size = (-(-hw // local) * local, n)
-        event = cl.enqueue_nd_range_kernel(runtime.queue, kernel, size, (local, 1), wait_for=waits or None)
-    # The inputs carry the event too: the next launch that overwrites one
-    # of them (the buffers are reused from level to level) waits for this read.
-    for array in {id(op[0]): op[0] for op in (a, b, out)}.values():
-        array.add_event(event)
+
+#: Pixels per work-item of the filter passes (one vector load a tap).
+VW = 8
+
+
+def _pass(runtime: Runtime, dtype, mode: str, axis: int, x, y, shape, d: int, c=None, w=None) -> None:
+    """One filter pass along ``axis`` from ``x`` into ``y``; with ``c`` and ``w``, also ``w = c - y``."""
+    n, h, width = shape
+    diff = c is not None
+    options = (
+        _precision(dtype), f"-DBORDER={BORDERS[mode]}", f"-DAXIS={axis}", f"-DDIFF={int(diff)}", f"-DVW={VW}"
+    )  # fmt: skip
+    operands = (x, y, c or x, w or y)  # unused when DIFF is 0
+    local = min(16, runtime.info.max_work_group)
+    blocks = -(-width // VW)
+    size = (-(-blocks // local) * local, h, n)
+    scalars = [np.int32(h), np.int32(width), np.int32(d)]
+    written = (1, 3) if diff else (1,)
+    _launch(runtime, "starlet_pass.cl", options, operands, scalars, size, (local, 1, 1), written)
 
 
 class _Scratch:
-    """The intermediate images of one transform, allocated once and reused level after level.
+    """The intermediate images of one transform, reused level after level and call after call.
 
-    Fresh 4096x4096 results cost a CPU device their page faults at every
-    launch; reused ones do not.  Every launch writing a buffer waits for the
-    events on it, which include its last readers', so an out-of-order queue
-    is safe too.
+    Fresh memory costs a CPU device a page fault per page at its first write
+    (on this project's VM a fresh 4096x4096 float32 image took longer to
+    write than to filter), so a transform takes its scratch images from the
+    runtime's workspace and gives them back when it has enqueued its last
+    launch; a concurrent call finds the workspace empty and allocates its
+    own.  Every launch that writes a buffer waits for the events on it,
+    its last readers' included, so reuse is safe on any queue.
     """
 
-    def __init__(self, queue, shape, dtype):
-        self.queue, self.shape, self.dtype = queue, shape, dtype
-        self.free: list = []
+    def __init__(self, runtime: Runtime, shape, dtype):
+        self.runtime, self.key = runtime, (tuple(shape), np.dtype(dtype).str)
+        with _workspace_lock:
+            kept = _workspaces.pop((id(runtime), self.key), None)
+        self.free: list = kept if kept is not None else []
+        self.all = list(self.free)
 
-    def take(self):
-        return self.free.pop() if self.free else cl_array.empty(self.queue, self.shape, self.dtype)
+    def take(self, shape=None):
+        shape = shape or self.key[0]
+        for index, array in enumerate(self.free):
+            if array.shape == shape:
+                return self.free.pop(index)
+        array = cl_array.empty(self.runtime.queue, shape, np.dtype(self.key[1]))
+        self.all.append(array)
+        return array
 
     def give(self, array) -> None:
         self.free.append(array)
 
+    def close(self) -> None:
+        """Hand every scratch image back to the runtime's workspace, for the next call."""
+        with _workspace_lock:
+            _workspaces[(id(self.runtime), self.key)] = self.all
+            while len(_workspaces) > _MAX_WORKSPACES:
+                _workspaces.pop(next(iter(_workspaces)))
 
-def _smooth(c4, level: int, mode: str, scratch: _Scratch):
-    """``h_level * c`` for device images ``c4 (N, H, W, 1)``, as two chained launches into scratch."""
+
+#: Workspaces kept: one per (runtime, image shape, dtype), the most recent ones.
+_MAX_WORKSPACES = 2
+_workspace_lock = threading.Lock()
+_workspaces: dict = {}
+
+
+def _image(array):
+    """Operand ``(array, offset, stride)`` for a contiguous batch of images ``(N, H, W)``."""
+    n = array.shape[0]
+    return (array, array.offset // array.dtype.itemsize, array.size // max(n, 1))
+
+
+def _smooth(runtime, dtype, mode, x, level: int, scratch: _Scratch, shape, diff=None):
+    """``h_level * x`` into a scratch image, a pass along each axis.
+
+    With ``diff = (c, w)`` the column pass also writes ``w = c - h_level * x``.
+    """
     d = 2**level
     rows, out = scratch.take(), scratch.take()
-    conv2d(c4, _ROWS, padding="same", dilation_rate=(d, 1), padding_mode=mode, out=rows)
-    conv2d(rows, _COLUMNS, padding="same", dilation_rate=(1, d), padding_mode=mode, out=out)
-    # The column pass read rows: a later writer of rows waits for it.
-    for event in out.events:
-        rows.add_event(event)
+    _pass(runtime, dtype, mode, 0, x, _image(rows), shape, d)
+    c, w = diff if diff is not None else (None, None)
+    _pass(runtime, dtype, mode, 1, _image(rows), _image(out), shape, d, c=c, w=w)
     scratch.give(rows)
     return out
 
@@ -216,46 +282,34 @@ def starlet(
     n, h, w = (1, *image.shape) if single else tuple(image.shape)
     hw = h * w
     if on_device:
-        c = image.reshape(n, h, w, 1)
+        c = image.reshape(n, h, w)
     else:
-        c = cl_array.to_device(queue, np.ascontiguousarray(image, dtype).reshape(n, h, w, 1))
-    out = cl_array.empty(queue, (n, levels + 1, h, w), dtype)
-    scratch = _Scratch(queue, (n, h, w, 1), dtype)
+        c = cl_array.to_device(queue, np.ascontiguousarray(image, dtype).reshape(n, h, w))
+    shape = (n, h, w)
+    scratch = _Scratch(runtime, shape, dtype)
+    # A result that is read back can be a scratch buffer too (warm memory).
+    out_shape = (n, levels + 1, h, w)
+    out = cl_array.empty(queue, out_shape, dtype) if on_device else scratch.take(out_shape)
+    operand = _image(c)
     for j in range(levels):
-        smooth = _smooth(c, j, mode, scratch)
-        subtracted = smooth if generation == 1 else _smooth(smooth, j, mode, scratch)
-        _combine(runtime, dtype, -1, (c, c.offset // dtype.itemsize, hw), (subtracted, 0, hw),
-                 _plane(out, j, levels + 1, hw), n, hw)  # fmt: skip
-        if subtracted is not smooth:
-            scratch.give(subtracted)
+        plane = _plane(out, j, levels + 1, hw)
+        if generation == 1:  # the column pass writes c_{j+1} and w_{j+1} = c_j - c_{j+1}
+            smooth = _smooth(runtime, dtype, mode, operand, j, scratch, shape, diff=(operand, plane))
+        else:  # w_{j+1} = c_j - h_j * c_{j+1}
+            smooth = _smooth(runtime, dtype, mode, operand, j, scratch, shape)
+            again = _smooth(runtime, dtype, mode, _image(smooth), j, scratch, shape, diff=(operand, plane))
+            scratch.give(again)
         if j:
             scratch.give(c)  # the image itself (level 0) is the caller's
-        c = smooth
-    _combine_copy(runtime, dtype, c, _plane(out, levels, levels + 1, hw), n, hw)
-    if single:
-        out = out.reshape(levels + 1, h, w)
-    return out if on_device else out.get()
-
-
-def _combine_copy(runtime: Runtime, dtype: np.dtype, c, target, n: int, hw: int) -> None:
-    """The last smooth plane into its slice: one device copy per image, after c's events."""
-    array, offset, stride = target
-    size = dtype.itemsize
-    waits = [*pending_events(c), *pending_events(array)]
-    events = [
-        cl.enqueue_copy(
-            runtime.queue,
-            array.base_data,
-            c.base_data,
-            byte_count=hw * size,
-            src_offset=c.offset + i * hw * size,
-            dst_offset=(offset + i * stride) * size,
-            wait_for=waits or None,
-        )  # fmt: skip
-        for i in range(n)
-    ]
-    for event in events:
-        array.add_event(event)
+        c, operand = smooth, _image(smooth)
+    _copy_planes(runtime, dtype, _image(c), _plane(out, levels, levels + 1, hw), n, hw)
+    if not on_device:
+        result = out.get()  # waits for the whole chain
+        scratch.give(out)
+        scratch.close()
+        return result[0] if single else result
+    scratch.close()
+    return out.reshape(levels + 1, h, w) if single else out
 
 
 def istarlet(
@@ -298,28 +352,45 @@ def istarlet(
         coeffs = coefficients.reshape(n, planes, h, w)
     else:
         coeffs = cl_array.to_device(queue, np.ascontiguousarray(coefficients, dtype).reshape(n, planes, h, w))
-    scratch = _Scratch(queue, (n, h, w, 1), dtype)
+    shape = (n, h, w)
+    scratch = _Scratch(runtime, shape, dtype)
     c = scratch.take()
-    _combine_copy_from(runtime, dtype, coeffs, levels, planes, c, n, hw)
+    _copy_planes(runtime, dtype, _plane(coeffs, levels, planes, hw), _image(c), n, hw)
     for j in reversed(range(levels)):
         if generation == 2:
-            smooth = _smooth(c, j, mode, scratch)
+            smooth = _smooth(runtime, dtype, mode, _image(c), j, scratch, shape)
             scratch.give(c)
             c = smooth
         _combine(runtime, dtype, 1, (c, 0, hw), _plane(coeffs, j, planes, hw), (c, 0, hw), n, hw)
-    out = c.reshape((h, w) if single else (n, h, w))
-    return out if on_device else out.get()
+    if on_device:
+        scratch.all = [a for a in scratch.all if a is not c]  # c is the result: the caller's now
+        scratch.close()
+        return c.reshape((h, w) if single else (n, h, w))
+    result = c.get()
+    scratch.close()
+    return result[0] if single else result
 
 
-def _combine_copy_from(runtime: Runtime, dtype: np.dtype, coeffs, index: int, planes: int, c, n: int, hw):
-    """Plane ``index`` of every image of ``coeffs`` into the contiguous ``c``."""
+def _copy_planes(runtime: Runtime, dtype: np.dtype, src, dst, n: int, hw: int) -> None:
+    """Plane by plane, ``n`` planes of ``hw`` elements from operand ``src`` to ``dst``, after their events.
+
+    One copy per plane (the planes of a coefficient array are strided), then
+    one marker that both arrays carry: the next writer of either waits for it.
+    """
     size = dtype.itemsize
-    base = coeffs.offset // size
-    waits = pending_events(coeffs)
-    for i in range(n):
-        event = cl.enqueue_copy(
-            runtime.queue, c.base_data, coeffs.base_data, byte_count=hw * size,
-            src_offset=(base + (i * planes + index) * hw) * size, dst_offset=i * hw * size,
+    waits = [*pending_events(src[0]), *pending_events(dst[0])]
+    copies = [
+        cl.enqueue_copy(
+            runtime.queue,
+            dst[0].base_data,
+            src[0].base_data,
+            byte_count=hw * size,
+            src_offset=(src[1] + i * src[2]) * size,
+            dst_offset=(dst[1] + i * dst[2]) * size,
             wait_for=waits or None,
         )  # fmt: skip
-        c.add_event(event)
+        for i in range(n)
+    ]
+    marker = cl.enqueue_marker(runtime.queue, wait_for=copies)
+    dst[0].events[:] = [*pending_events(dst[0]), marker]  # other planes of dst may still be written
+    src[0].events[:] = [*pending_events(src[0]), marker]
