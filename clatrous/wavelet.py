@@ -35,7 +35,7 @@ from .geometry import BORDERS, normalize_padding_mode
 from .runtime import Runtime, get_runtime
 from .staging import pending_events
 
-__all__ = ["MAX_LEVELS", "istarlet", "starlet"]
+__all__ = ["MAX_LEVELS", "forget_workspaces", "istarlet", "starlet"]
 
 #: The most levels a transform may have (the last filter's taps are 2**(levels - 1) apart).
 MAX_LEVELS = 24
@@ -180,6 +180,12 @@ class _Scratch:
 _MAX_WORKSPACES = 2
 _workspace_lock = threading.Lock()
 _workspaces: dict = {}
+
+
+def forget_workspaces() -> None:
+    """Release the scratch images kept for the next transforms (the device memory they hold)."""
+    with _workspace_lock:
+        _workspaces.clear()
 
 
 def _image(array):

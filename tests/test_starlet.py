@@ -207,3 +207,14 @@ def test_back_to_back_calls_reuse_the_workspace_safely():
     for image, result, back, g in zip(images, results, backs, generations, strict=True):
         np.testing.assert_allclose(result.get(), _independent(image, 4, g, "reflect"), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(back.get(), image, rtol=1e-5, atol=1e-5)
+
+
+def test_the_workspace_is_bounded_and_can_be_released():
+    from clatrous import wavelet
+
+    for size in (8, 9, 10, 11):
+        clatrous.starlet(np.ones((size, size), np.float32), 2)
+    assert len(wavelet._workspaces) <= wavelet._MAX_WORKSPACES
+    wavelet.forget_workspaces()
+    assert not wavelet._workspaces
+    np.testing.assert_allclose(clatrous.starlet(np.ones((8, 8), np.float32), 2).sum(axis=0), 1, rtol=1e-6)
