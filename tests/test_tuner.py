@@ -206,7 +206,7 @@ def test_tune_refuses_bad_repeats_and_budget_as_a_function(cache):
         tuner.tune(X_SHAPE, K_SHAPE, progress=False, budget_s=-1.0, **GEOMETRY)
 
 
-def test_version_on_the_command_line(capsys):
+def test_version_on_the_command_line(capfd):
     from importlib.metadata import version
 
     from clatrous.__main__ import main
