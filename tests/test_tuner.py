@@ -215,7 +215,7 @@ def test_version_on_the_command_line(capfd):
         main(["--version"])
     assert exit_info.value.code == 0
     assert (
-        capsys.readouterr().out.strip()
+        capfd.readouterr().out.strip()
         == f"clatrous {version('clatrous')}"
         == f"clatrous {clatrous.__version__}"
     )
