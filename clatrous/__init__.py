@@ -12,6 +12,7 @@ The public names:
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
 - :mod:`clatrous.params`: which kernel configuration runs (``params.forced``),
   and the tuning database that ``python -m clatrous tune`` fills.
+- :func:`aligned_empty`: a host array a CPU device writes in place as ``out=``.
 - :func:`devices`, :func:`default_device`: which OpenCL devices are there.
 """
 
@@ -24,6 +25,7 @@ from .layers import Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
 from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
+from .staging import aligned_empty
 from .wavelet import istarlet, starlet
 
 try:
@@ -41,6 +43,7 @@ __all__ = [
     "DeviceNotFoundError",
     "SeparableConv2D",
     "UnsupportedDeviceError",
+    "aligned_empty",
     "conv1d",
     "conv2d",
     "default_device",

@@ -45,8 +45,18 @@ ALIGN = 128
 SMALL_BYTES = 64 * 1024
 
 
-def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array starting on an :data:`ALIGN`-byte boundary."""
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array starting on an :data:`ALIGN`-byte boundary.
+
+    Given as ``out=``, a CPU device writes the result straight into it; an
+    ndarray from ``np.empty`` usually starts 16 bytes past such a boundary
+    and is filled by a copy (1.4 ms more on W5 here).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``shape`` or ``dtype`` that NumPy refuses.
+    """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGN, np.uint8)

@@ -187,3 +187,13 @@ def test_out_sharing_memory_with_the_input_is_refused(no_opencl):
     readonly.flags.writeable = False
     with pytest.raises(ValueError, match="writable"):
         clatrous.conv2d(X, K, out=readonly)
+
+
+def test_an_aligned_out_is_what_a_cpu_device_writes_in_place():
+    from clatrous import staging
+
+    x = np.random.default_rng(9).standard_normal((1, 200, 180, 2)).astype(np.float32)
+    out = clatrous.aligned_empty((1, 196, 176, 3), np.float32)
+    assert out.ctypes.data % staging.ALIGN == 0 and out.flags.c_contiguous and out.flags.writeable
+    assert clatrous.conv2d(x, K, dilation_rate=2, out=out) is out
+    assert_matches_reference(out, x, K, dilation_rate=2)
