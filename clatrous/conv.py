@@ -193,18 +193,8 @@ def conv1d(
 
     Raises
     ------
-    TypeError
-        An argument of the wrong type or dtype (complex, object, a masked
-        array, a tensor that requires grad, a float64 call on a device
-        without float64...), named in the message, before any OpenCL call.
-    ValueError
-        A shape, size or word that does not fit (channels that do not match,
-        a dilated kernel larger than the padded input, a bad ``out``...),
-        named in the message, before any OpenCL call.
-    clatrous.DeviceNotFoundError, clatrous.BuildError, clatrous.DeviceMemoryError
-        No usable device; a kernel its compiler refused (the log and the
-        specialised source are attached); a problem the device cannot hold
-        even split.
+    TypeError, ValueError, clatrous.ClatrousError
+        As :func:`conv2d` raises them, naming the argument.
     """
     x, channels_first = to_channels_last(x, data_format, 1)
     prepared = prepare(
@@ -262,18 +252,8 @@ def depthwise_conv2d(
 
     Raises
     ------
-    TypeError
-        An argument of the wrong type or dtype (complex, object, a masked
-        array, a tensor that requires grad, a float64 call on a device
-        without float64...), named in the message, before any OpenCL call.
-    ValueError
-        A shape, size or word that does not fit (channels that do not match,
-        a dilated kernel larger than the padded input, a bad ``out``...),
-        named in the message, before any OpenCL call.
-    clatrous.DeviceNotFoundError, clatrous.BuildError, clatrous.DeviceMemoryError
-        No usable device; a kernel its compiler refused (the log and the
-        specialised source are attached); a problem the device cannot hold
-        even split.
+    TypeError, ValueError, clatrous.ClatrousError
+        As :func:`conv2d` raises them, naming the argument.
     """
     x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare_depthwise(
