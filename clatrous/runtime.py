@@ -247,44 +247,33 @@ def find_pyopencl_ctx(spec: str) -> cl.Device:
     comma-separated list of devices the first is taken.
     """
     platform_part, _, device_part = spec.partition(":")
-    device_part = device_part.split(",")[0].strip()
-    platform_part = platform_part.strip()
-
-    def fail(why: str):
-        available = _listing(list_devices())
-        return DeviceNotFoundError(f"{ENV_PYOPENCL}={_echo(spec)}: {why}; available: {available}")
-
-    try:
-        platforms = cl.get_platforms()
-    except cl.Error:
-        platforms = []
-    if not platforms:
-        raise fail("no OpenCL platform found")
-    platform = None
-    if not platform_part:
-        platform = platforms[0]
-    elif platform_part.isdigit() and int(platform_part) < len(platforms):
-        platform = platforms[int(platform_part)]
+    found = list_devices()
+    platforms: dict[int, list] = {}
+    for pi, _di, platform, device in found:
+        platforms.setdefault(pi, [platform]).append(device)
+    chosen = _pick([entry[0] for entry in platforms.values()], platform_part, last=True)
+    if chosen is None:
+        why = f"no platform matches {platform_part.strip()!r}" if found else "no OpenCL device found"
     else:
-        for candidate in platforms:
-            if platform_part.casefold() in candidate.name.casefold():
-                platform = candidate
-    if platform is None:
-        raise fail(f"no platform matches {platform_part!r}")
-    try:
-        devices = platform.get_devices()
-    except cl.Error:
-        devices = []
-    if not devices:
-        raise fail(f"platform {platform.name.strip()!r} has no devices")
-    if not device_part:
-        return devices[0]
-    if device_part.isdigit() and int(device_part) < len(devices):
-        return devices[int(device_part)]
-    for device in devices:
-        if device_part.casefold() in device.name.casefold():
+        devices = next(entry[1:] for entry in platforms.values() if entry[0] is chosen)
+        device = _pick(devices, device_part.split(",")[0], last=False)
+        if device is not None:
             return device
-    raise fail(f"no device of {platform.name.strip()!r} matches {device_part!r}")
+        why = f"no device of {chosen.name.strip()!r} matches {device_part.strip()!r}"
+    raise DeviceNotFoundError(f"{ENV_PYOPENCL}={_echo(spec)}: {why}; available: {_listing(found)}")
+
+
+def _pick(items: list, part: str, *, last: bool):
+    """The item ``part`` names, as PyOpenCL reads one: the first if empty, an index, or a name substring."""
+    part = part.strip()
+    if not items:
+        return None
+    if not part:
+        return items[0]
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    matches = [item for item in items if part.casefold() in item.name.casefold()]
+    return (matches[-1] if last else matches[0]) if matches else None
 
 
 _usable_cache: dict[int, bool] = {}
