@@ -279,7 +279,12 @@ def _run_into(prepared, device, run_shape, shape, channels_first, out):
     channels-last ``out`` is written by the kernel itself.
     """
     check_out(out, prepared, shape)
-    direct = None if out is None or channels_first else out.reshape(run_shape)
+    if out is None or channels_first:
+        direct = None
+    elif is_device_array(out):
+        direct = out  # a device call has neither the 2-D shorthand nor channels-first: shape == run_shape
+    else:
+        direct = out.reshape(run_shape)  # a view: the kernel writes the caller's memory
     result = run(CONV2D, prepared, device, run_shape, out=direct)
     if channels_first:
         result = to_channels_first(result)
@@ -288,8 +293,5 @@ def _run_into(prepared, device, run_shape, shape, channels_first, out):
         np.copyto(out, result)
         return out
     if out is not None:
-        if is_device_array(out) and direct is not out:
-            for event in direct.events:
-                out.add_event(event)
         return out
     return result.reshape(shape) if prepared.squeeze else result
