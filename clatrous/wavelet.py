@@ -214,19 +214,30 @@ def _plane(array, index: int, planes: int, hw: int):
     return (array, base + index * hw, planes * hw)
 
 
-def _runtime(value, device) -> Runtime:
-    if is_device_array(value):
+def _stage(value, name: str, ndim_plain: int, device):
+    """(``value`` on the device with a leading batch axis, dtype, single?, runtime, was on the device?).
+
+    Everything about ``value`` itself is checked before any OpenCL call; a
+    host array is uploaded once, a device Array used where it is (its queue).
+    """
+    value, dtype, single = _images(value, name, ndim_plain)
+    on_device = is_device_array(value)
+    if on_device:
         if device is not None and device is not value.queue:
-            raise ValueError("device must be left out when the input is a pyopencl Array (its queue is used)")
-        return get_runtime(value.queue)
-    return get_runtime(device)
-
-
-def _check_fp64(runtime: Runtime, dtype: np.dtype, name: str) -> None:
+            raise ValueError(f"device must be left out when {name} is a pyopencl Array (its queue is used)")
+        runtime = get_runtime(value.queue)
+    else:
+        runtime = get_runtime(device)
     if dtype == np.float64 and not runtime.info.fp64:
         raise UnsupportedDeviceError(
             f"{name} is float64 but device {runtime.info.name!r} has no cl_khr_fp64; pass float32 data"
         )
+    shape = (1, *value.shape) if single else tuple(value.shape)
+    if on_device:
+        batch = value.reshape(shape)
+    else:
+        batch = cl_array.to_device(runtime.queue, np.ascontiguousarray(value, dtype).reshape(shape))
+    return batch, dtype, single, runtime, on_device
 
 
 def starlet(
@@ -280,18 +291,10 @@ def starlet(
     True
     """
     levels, generation, mode = _check(levels, generation, padding_mode)
-    image, dtype, single = _images(image, "image", 2)
-    runtime = _runtime(image, device)
-    _check_fp64(runtime, dtype, "image")
+    c, dtype, single, runtime, on_device = _stage(image, "image", 2, device)
     queue = runtime.queue
-    on_device = is_device_array(image)
-    n, h, w = (1, *image.shape) if single else tuple(image.shape)
+    shape = n, h, w = c.shape
     hw = h * w
-    if on_device:
-        c = image.reshape(n, h, w)
-    else:
-        c = cl_array.to_device(queue, np.ascontiguousarray(image, dtype).reshape(n, h, w))
-    shape = (n, h, w)
     scratch = _Scratch(runtime, shape, dtype)
     # A result that is read back can be a scratch buffer too (warm memory).
     out_shape = (n, levels + 1, h, w)
@@ -346,18 +349,9 @@ def istarlet(
         As for :func:`starlet`, naming ``coefficients``.
     """
     _, generation, mode = _check(None, generation, padding_mode)
-    coefficients, dtype, single = _images(coefficients, "coefficients", 3)
-    runtime = _runtime(coefficients, device)
-    _check_fp64(runtime, dtype, "coefficients")
-    queue = runtime.queue
-    on_device = is_device_array(coefficients)
-    shape = tuple(coefficients.shape)
-    n, planes, h, w = (1, *shape) if single else shape
+    coeffs, dtype, single, runtime, on_device = _stage(coefficients, "coefficients", 3, device)
+    n, planes, h, w = coeffs.shape
     levels, hw = planes - 1, h * w
-    if on_device:
-        coeffs = coefficients.reshape(n, planes, h, w)
-    else:
-        coeffs = cl_array.to_device(queue, np.ascontiguousarray(coefficients, dtype).reshape(n, planes, h, w))
     shape = (n, h, w)
     scratch = _Scratch(runtime, shape, dtype)
     c = scratch.take()
