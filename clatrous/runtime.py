@@ -373,25 +373,25 @@ def set_default_device(device: cl.Device | cl.CommandQueue | None) -> None:
 _SOURCES: dict[str, str] = {}
 
 
-def _kernel_file(name: str):
-    """The ``.cl`` file ``name``: inside the installed package, else in the checkout."""
+def _kernel_folder():
+    """Where the kernel sources are: inside the installed package, else in the checkout (``kernels/``)."""
     try:
-        packaged = importlib.resources.files("clatrous.kernels").joinpath(name)
-        if packaged.is_file():
+        packaged = importlib.resources.files("clatrous.kernels")
+        if packaged.joinpath("common.h").is_file():
             return packaged
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "kernels" / name
+    return Path(__file__).resolve().parent.parent / "kernels"
+
+
+def _kernel_file(name: str):
+    """The kernel source or header ``name``."""
+    return _kernel_folder().joinpath(name)
 
 
 def kernel_files() -> list[str]:
-    """The names of the ``.cl`` sources (inside the installed package, else in the checkout)."""
-    try:
-        folder = importlib.resources.files("clatrous.kernels")
-        names = [p.name for p in folder.iterdir()]
-    except ModuleNotFoundError:
-        names = [p.name for p in (Path(__file__).resolve().parent.parent / "kernels").iterdir()]
-    return sorted(name for name in names if name.endswith(".cl"))
+    """The names of the ``.cl`` sources."""
+    return sorted(p.name for p in _kernel_folder().iterdir() if p.name.endswith(".cl"))
 
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([A-Za-z0-9_.]+)"[ \t]*$', re.MULTILINE)
