@@ -109,11 +109,11 @@ def _precision(dtype: np.dtype) -> str:
     return f"-DPRECISION={64 if dtype == np.float64 else 32}"
 
 
-def _combine(runtime: Runtime, dtype: np.dtype, sign: int, a, b, out, n: int, hw: int) -> None:
-    """``out = a + sign * b`` on ``n`` planes of ``hw`` elements (operands as for :func:`_launch`)."""
+def _add(runtime: Runtime, dtype: np.dtype, a, b, out, n: int, hw: int) -> None:
+    """``out = a + b`` on ``n`` planes of ``hw`` elements (operands as for :func:`_launch`)."""
     local = min(64, runtime.info.max_work_group)
     size = (-(-hw // local) * local, n)
-    options = (_precision(dtype), f"-DSIGN={sign}")
+    options = (_precision(dtype),)
     _launch(runtime, "starlet_combine.cl", options, (a, b, out), [np.int64(hw)], size, (local, 1), (2,))
 
 
@@ -361,7 +361,7 @@ def istarlet(
             smooth = _smooth(runtime, dtype, mode, _image(c), j, scratch, shape)
             scratch.give(c)
             c = smooth
-        _combine(runtime, dtype, 1, (c, 0, hw), _plane(coeffs, j, planes, hw), (c, 0, hw), n, hw)
+        _add(runtime, dtype, (c, 0, hw), _plane(coeffs, j, planes, hw), (c, 0, hw), n, hw)
     if on_device:
         scratch.all = [a for a in scratch.all if a is not c]  # c is the result: the caller's now
         scratch.close()
