@@ -6,6 +6,7 @@ The public names:
   API (NumPy or pyopencl Arrays), with ``groups`` and ``padding_mode``.
 - :class:`Conv1D`, :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
   Keras-like layers that load Keras' ``get_weights()`` as they are.
+- :func:`aspp`: DeepLab's atrous branches of one input, computed in one pass.
 - :func:`starlet`, :func:`istarlet`: the starlet wavelet transform (the
   original algorithme à trous) and its inverse, every scale on the device.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
@@ -22,6 +23,7 @@ from . import params, reference
 from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
 from .layers import Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
+from .pyramid import aspp
 from .reference import dilate
 from .runtime import default_device
 from .runtime import list_devices as devices
@@ -44,6 +46,7 @@ __all__ = [
     "SeparableConv2D",
     "UnsupportedDeviceError",
     "aligned_empty",
+    "aspp",
     "conv1d",
     "conv2d",
     "default_device",

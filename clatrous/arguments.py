@@ -13,6 +13,7 @@ the result dtype.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,9 @@ from .geometry import ConvGeometry, conv_geometry
 
 __all__ = [
     "ACTIVATIONS",
+    "MAX_BRANCHES",
     "Prepared",
+    "PreparedBranches",
     "check_out",
     "host_array",
     "normalize_activation",
@@ -29,6 +32,7 @@ __all__ = [
     "to_channels_first",
     "to_channels_last",
     "prepare",
+    "prepare_branches",
     "prepare_depthwise",
     "result_dtype",
 ]
@@ -392,3 +396,86 @@ def prepare_depthwise(
         groups=cin,
         padding_mode=padding_mode,
     )
+
+
+@dataclass(frozen=True)
+class PreparedBranches:
+    """A validated call of several "same", stride-1 convolutions of one input (``clatrous.aspp``).
+
+    ``branches`` holds one :class:`Prepared` per branch, all on the same
+    ``x`` (the caller's, untouched), dtype and activation.
+    """
+
+    x: object
+    branches: tuple[Prepared, ...]
+    dtype: np.dtype
+    activation: str
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, H, W, C_in) of the input, which is also (N, H, W) of the result."""
+        g = self.branches[0].geometry
+        return (g.n, g.h, g.w, g.cin)
+
+    @property
+    def channels(self) -> int:
+        """Output channels of all the branches together."""
+        return sum(p.geometry.cout for p in self.branches)
+
+
+#: The most branches one fused call takes (the kernel's argument list is fixed).
+MAX_BRANCHES = 8
+
+
+def _sequence(value, name: str, count: int | None) -> list:
+    """``value`` as a list: a list or tuple (of ``count`` items when given), nothing else.
+
+    An ndarray is refused rather than iterated: a stack of kernels would be
+    split along its first axis, and a (rows, cols) pair would read as two rates.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list or tuple with one entry per branch, got {type(value).__name__}"
+        )
+    if count is None:
+        if not 1 <= len(value) <= MAX_BRANCHES:
+            raise ValueError(
+                f"{name} must have 1 to {MAX_BRANCHES} entries (one per branch), got {len(value)}"
+            )
+    elif len(value) != count:
+        raise ValueError(f"{name} must have one entry per kernel ({count}), got {len(value)}")
+    return list(value)
+
+
+def prepare_branches(x, kernels, rates, biases, activation) -> PreparedBranches:
+    """Validate a ``clatrous.aspp`` call: every branch as :func:`prepare` checks a conv2d.
+
+    An error names the branch's entries (``kernels[1]``, ``rates[1]``...),
+    before any OpenCL call.
+    """
+    kernels = _sequence(kernels, "kernels", None)
+    rates = _sequence(rates, "rates", len(kernels))
+    biases = [None] * len(kernels) if biases is None else _sequence(biases, "biases", len(kernels))
+    activation = normalize_activation(activation)
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"x must be an array of numbers, got {type(x).__name__}")
+    if not is_device_array(x):
+        x = host_array(x, "x")  # once, not once per branch
+        result_dtype(x.dtype, "x")
+    if len(x.shape) != 4:
+        raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
+    prepared = []
+    for i, (kernel, rate, bias) in enumerate(zip(kernels, rates, biases, strict=True)):
+        if kernel is not None and not is_device_array(kernel) and np.ndim(kernel) != 4:
+            raise ValueError(f"kernels[{i}] must be 4-D (kh, kw, C_in, C_out), got shape {np.shape(kernel)}")
+        try:
+            p = prepare(
+                x, kernel, bias, strides=1, padding="same", dilation_rate=rate, activation=activation, ndim=2
+            )
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            for word, entry in (("kernel", "kernels"), ("bias", "biases"), ("dilation_rate", "rates")):
+                message = re.sub(rf"\b{word}\b", f"{entry}[{i}]", message)
+            raise type(exc)(f"branch {i}: {message}") from None
+        prepared.append(p)
+    return PreparedBranches(x, tuple(prepared), prepared[0].dtype, activation)

@@ -33,7 +33,7 @@ from .launch import Launch, get_launch
 from .runtime import Runtime, get_runtime, settings
 from .variants import Operation
 
-__all__ = ["check_device", "enqueue", "limits", "run", "runtime_for"]
+__all__ = ["check_device", "enqueue", "limits", "poison", "run", "runtime_for"]
 
 
 def runtime_for(prepared: Prepared, device) -> Runtime:
@@ -71,7 +71,8 @@ def limits(runtime: Runtime) -> tuple[int, int]:
     return max_alloc, budget
 
 
-def _poison(queue: cl.CommandQueue, buf, dtype: np.dtype, nbytes: int, wait_for: list) -> list:
+def poison(queue: cl.CommandQueue, buf, dtype: np.dtype, nbytes: int, wait_for: list) -> list:
+    """With ``settings.poison_outputs``, fill ``buf`` with NaN after ``wait_for``; the events to wait on."""
     if not settings.poison_outputs:
         return wait_for
     fill = cl.enqueue_fill_buffer(queue, buf, np.array(np.nan, dtype), 0, nbytes, wait_for=wait_for or None)
@@ -107,7 +108,7 @@ def enqueue(
     else:
         result = out
         waits += staging.pending_events(out)  # earlier readers and writers of out first
-    waits = _poison(queue, result.base_data, dtype, result.nbytes, waits)
+    waits = poison(queue, result.base_data, dtype, result.nbytes, waits)
     event = launch.enqueue(queue, (x_buf, w_buf, b_buf, result.base_data), (x_offset,), waits)
     result.add_event(event)
     return result, event
@@ -126,7 +127,7 @@ def _host_call(
     result, y_buf, shared = staging.host_output(runtime, out_shape, dtype, out)
     pending: list[cl.Event] = []
     try:
-        pending = _poison(queue, y_buf, dtype, result.nbytes, [])
+        pending = poison(queue, y_buf, dtype, result.nbytes, [])
         pending = [launch.enqueue(queue, (x_buf, w_buf, b_buf, y_buf), (x_offset,), pending)]
         staging.read_back(queue, result, y_buf, shared, pending)
     except BaseException:

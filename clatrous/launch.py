@@ -25,7 +25,7 @@ from .errors import UnsupportedDeviceError
 from .runtime import Runtime, live_runtimes
 from .variants import Operation, Plan, make_plan
 
-__all__ = ["MAX_LAUNCHES", "SMALL_RESULT_BYTES", "Launch", "forget_launches", "get_launch"]
+__all__ = ["MAX_LAUNCHES", "SMALL_RESULT_BYTES", "Launch", "cached_launch", "forget_launches", "get_launch"]
 
 #: Launches kept per queue, least recently used first out.
 MAX_LAUNCHES = 256
@@ -116,12 +116,31 @@ def get_launch(
     g = prepared.geometry
     forced = None if choice is None else (choice[0], tuple(sorted(choice[1].items())))
     key = (op.name, g, prepared.dtype, prepared.activation, prepared.bias is not None, forced)
+    return cached_launch(runtime, key, lambda: _plan(runtime, op, prepared, choice))
+
+
+def cached_launch(runtime: Runtime, key: tuple, plan) -> Launch:
+    """The launch kept under ``key`` for this runtime, else a new one of ``plan()``, kept.
+
+    ``key`` must say everything the plan depends on (an operation's name first).
+    """
     cache = runtime.launches
     with runtime.launch_lock:
         launch = cache.get(key)
         if launch is not None:
             cache.move_to_end(key)
             return launch
+    launch = Launch(runtime, plan())
+    with runtime.launch_lock:
+        launch = cache.setdefault(key, launch)
+        cache.move_to_end(key)
+        while len(cache) > MAX_LAUNCHES:
+            cache.popitem(last=False)
+    return launch
+
+
+def _plan(runtime: Runtime, op: Operation, prepared: Prepared, choice) -> Plan:
+    g = prepared.geometry
     if choice is not None:
         variant = op.variant(choice[0])
         if not variant.valid(choice[1]):
@@ -135,13 +154,6 @@ def get_launch(
         name, config = choice
     else:
         name, config = params.choose(runtime.info, op, g, prepared.dtype)
-    plan = make_plan(
+    return make_plan(
         op.variant(name), config, g, prepared.dtype, prepared.activation, prepared.bias is not None
     )
-    launch = Launch(runtime, plan)
-    with runtime.launch_lock:
-        launch = cache.setdefault(key, launch)
-        cache.move_to_end(key)
-        while len(cache) > MAX_LAUNCHES:
-            cache.popitem(last=False)
-    return launch

@@ -31,6 +31,7 @@ import os
 import stat
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from .variants import Operation, Variant, tiled_spans, variant_names
 __all__ = [
     "MAX_DATABASE_BYTES",
     "DatabaseError",
+    "aspp_defaults",
     "choose",
     "class_key",
     "conv2d_defaults",
@@ -172,6 +174,39 @@ def _tiled_default(
     if enough:
         return config(max(enough, key=lambda s: (s[0] * s[1], s[0])))
     return config(max(spans, key=work_items))
+
+
+def aspp_defaults(
+    info: DeviceInfo,
+    g: ConvGeometry,
+    couts: tuple[int, ...],
+    dtype: np.dtype,
+    multiples: tuple[int, ...] = (),
+) -> dict:
+    """The fused branches' configuration (``kernels/aspp.cl``) for a device.
+
+    ``g`` is any branch's geometry (they share the input), ``couts`` every
+    branch's output channels, ``multiples`` other numbers the vector width
+    must divide (where the slices start, the output pixel's width).  The
+    choices are the dense convolution's: the widest vector that divides
+    them all; on a CPU with many input channels, the channel-tiled form with
+    the span :func:`_tiled_default` picks for all the branches' channels
+    together; otherwise one tile (``CT = 0``), one block per work-item.
+    """
+    from .variants import TILED
+
+    itemsize = np.dtype(dtype).itemsize
+    max_vw = _MAX_VW.get((info.kind, itemsize), 4)
+    vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and all(c % v == 0 for c in (*couts, *multiples)))
+    fewest = min(couts)
+    if info.kind != "cpu":
+        return {"VW": vw, "NV": max(1, min(2, fewest // vw)), "PX": 2, "CT": 0, "NB": 1, "RW": 1}
+    nv = max(v for v in (1, 2, 4) if v <= max(1, min(4, fewest // vw, 64 // vw)))
+    if vw >= 8 and g.cin >= 64:
+        tiled = _tiled_default(info, TILED, replace(g, cout=sum(couts)), vw, nv, dtype)
+        if tiled is not None:
+            return tiled
+    return {"VW": vw, "NV": nv, "PX": 4 if nv * vw >= 64 else 6, "CT": 0, "NB": 1, "RW": 1}
 
 
 def search_candidates(

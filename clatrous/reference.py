@@ -27,6 +27,7 @@ from .arguments import (
     Prepared,
     is_device_array,
     prepare,
+    prepare_branches,
     prepare_depthwise,
     to_channels_first,
     to_channels_last,
@@ -35,6 +36,7 @@ from .geometry import ConvGeometry, normalize_padding_mode
 
 __all__ = [
     "apply_activation",
+    "aspp",
     "conv1d",
     "conv2d",
     "conv_prepared",
@@ -246,6 +248,17 @@ def depthwise_conv2d(
     )
     out = _conv_nhwc(p.x, p.kernel, p.bias, p.geometry, p.activation, p.dtype)
     return to_channels_first(out) if channels_first else out
+
+
+def aspp(x, kernels, rates, biases=None, *, activation=None):
+    """Reference fused branches; see :func:`clatrous.aspp`: the branches' "same" convolutions side by side."""
+    call = prepare_branches(x, kernels, rates, biases, activation)
+    x = np.asarray(_to_host(call.x))
+    outs = [
+        _conv_nhwc(x, _to_host(p.kernel), _to_host(p.bias), p.geometry, p.activation, p.dtype)
+        for p in call.branches
+    ]
+    return np.concatenate(outs, axis=-1)
 
 
 def error_bound(

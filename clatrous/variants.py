@@ -36,11 +36,13 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .arguments import ACTIVATIONS
+from .arguments import ACTIVATIONS, MAX_BRANCHES
 from .geometry import BORDERS, ConvGeometry
 
 __all__ = [
+    "ASPP_PARAMETERS",
     "BLOCKED",
+    "Branch",
     "CONV2D_VARIANTS",
     "DEPTHWISE",
     "DIRECT",
@@ -50,6 +52,8 @@ __all__ = [
     "Operation",
     "Plan",
     "Variant",
+    "aspp_local_bytes",
+    "aspp_plan",
     "make_plan",
     "tiled_spans",
     "variant_names",
@@ -490,3 +494,103 @@ DEPTHWISE = Variant(
 
 #: The variants of the (dense or grouped) convolution, in the order the tuner walks them.
 CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE)
+
+
+# ---------------------------------------------------------------- aspp (several branches, one launch)
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One convolution of a fused launch: stride 1, zero padding, into channels ``offset`` on."""
+
+    kh: int
+    kw: int
+    dh: int
+    dw: int
+    pad_top: int
+    pad_left: int
+    cout: int
+    offset: int
+    has_bias: bool
+
+    @classmethod
+    def of(cls, g: ConvGeometry, offset: int, has_bias: bool) -> Branch:
+        """The branch computing geometry ``g`` (stride 1, zero padding) into channels ``offset`` on."""
+        if (g.sh, g.sw, g.border, g.groups) != (1, 1, "zeros", 1) or (g.ho, g.wo) != (g.h, g.w):
+            raise ValueError(f"a fused branch is a stride-1, zero-padded, 'same' dense convolution, not {g}")
+        return cls(g.kh, g.kw, g.dh, g.dw, g.pad_top, g.pad_left, g.cout, offset, has_bias)
+
+
+#: The fused kernel's space: the tiled kernel's blocks, CT = 0 for one tile without local memory.
+ASPP_PARAMETERS: Mapping[str, tuple[int, ...] | range] = MappingProxyType(
+    {
+        "VW": _VW,
+        "NV": (1, 2, 4),
+        "PX": (1, 2, 4, 6, 8),
+        "CT": (0, 16, 32, 64, 128),
+        "NB": range(1, 2049),
+        "RW": range(1, 1025),
+    }
+)
+
+
+def aspp_local_bytes(config: Config, dtype: np.dtype) -> int:
+    """Local memory of one work-group of the fused kernel (none when CT = 0)."""
+    return _tiled_local_bytes(config, dtype) if config["CT"] else 0
+
+
+def aspp_plan(
+    branches: tuple[Branch, ...],
+    config: Config,
+    shape: tuple[int, int, int, int],
+    channels: int,
+    dtype: np.dtype,
+    activation: str,
+    bias_stride: int = 0,
+) -> Plan:
+    """The launch of ``kernels/aspp.cl`` for ``branches`` of an input ``shape`` (N, H, W, CIN).
+
+    ``channels`` is the output pixel's width (the slices of every branch fit
+    in it); ``bias_stride`` the elements between images' biases (0: one bias
+    for the whole batch).
+    """
+    config = dict(config)
+    if set(config) != set(ASPP_PARAMETERS) or not all(
+        type(v) is int and v in ASPP_PARAMETERS[k] for k, v in config.items()
+    ):
+        raise ValueError(f"{config} is not a configuration of the fused kernel")
+    if not 1 <= len(branches) <= MAX_BRANCHES:
+        raise ValueError(f"a fused launch has 1 to {MAX_BRANCHES} branches, got {len(branches)}")
+    vw, nv = config["VW"], config["NV"]
+    for b in branches:
+        if b.cout % vw or b.offset % vw or b.offset + b.cout > channels or channels % vw:
+            raise ValueError(f"branch {b} does not fit VW={vw} vectors in {channels} output channels")
+    n, h, w, _ = shape
+    options = [
+        *_common_options(dtype, activation, False),
+        *(f"-D{k}={config[k]}" for k in ("VW", "NV", "PX", "CT", "NB", "RW")),
+        f"-DNBR={len(branches)}",
+        f"-DYC={channels}",
+    ]
+    for i, b in enumerate(branches):
+        values = (b.kh, b.kw, b.dh, b.dw, b.pad_top, b.pad_left, b.cout, b.offset, int(b.has_bias))
+        options += [
+            f"-D{k}{i}={v}"
+            for k, v in zip(("KH", "KW", "DH", "DW", "PT", "PL", "CO", "OFF", "HB"), values, strict=True)
+        ]
+    blocks = sum(_ceil_div(b.cout, vw * nv) for b in branches)
+    counts = (blocks, _ceil_div(w, config["PX"] * config["NB"]), n * _ceil_div(h, config["RW"]))
+    local = (1, 1, 1) if config["CT"] else None
+    names = ("x", *(f"w{i}" for i in range(MAX_BRANCHES)), *(f"b{i}" for i in range(MAX_BRANCHES)), "y")
+    return Plan(
+        variant="aspp",
+        config=tuple(sorted(config.items())),
+        source="aspp.cl",
+        kernel_name="aspp",
+        options=tuple(options),
+        global_size=counts,
+        local_size=local,
+        buffers=names,
+        scalars=tuple(np.int32(v) for v in (h, w, shape[3], bias_stride)),
+        offsets=("x",),
+    )

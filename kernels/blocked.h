@@ -52,14 +52,17 @@ typedef CAT(REAL, VW) realv;
 #define VSTORE(p, v) (*(__global realv *)(p) = (v))
 
 // Adds to acc the taps of input channels [ci_begin, ci_end) for the first
-// NPX (at most PX) pixels starting at output column ox0 of output row oy.
-// Always inlined, and called with a constant NPX, so that the tests on NPX
-// fold away and acc stays in registers (PoCL's compiler left a second call
+// NPX (at most PX) pixels starting at output column ox0 of output row oy,
+// for a KROWS x KCOLS kernel (the kernels pass KH and KW; aspp.cl each
+// branch's own).  Always inlined, and called with constant NPX, KROWS and
+// KCOLS, so that the tests on NPX fold away, the tap loops unroll and acc
+// stays in registers (PoCL's compiler left a second call
 // site out of line, with acc in memory: 3.5x slower).  No restrict here: the
 // kernels' arguments carry it, and inlined restrict parameters produce an
 // LLVM intrinsic that Oclgrind cannot run.
 __attribute__((always_inline))
-static inline void accumulate(const int NPX, realv acc[PX][NV], const __global REAL *x,
+static inline void accumulate(const int NPX, const int KROWS, const int KCOLS,
+                              realv acc[PX][NV], const __global REAL *x,
                               const __global REAL *w, const int cov[NV],
                               const int n, const int oy, const int ox0,
                               const int ci_begin, const int ci_end,
@@ -70,14 +73,14 @@ static inline void accumulate(const int NPX, realv acc[PX][NV], const __global R
     const int xstep = SW * CIN;                     // between neighbouring output pixels
     const int ix_base = ox0 * SW - PL;
 #pragma unroll
-    for (int ky = 0; ky < KH; ++ky) {
+    for (int ky = 0; ky < KROWS; ++ky) {
         const int iy = border_index(oy * SH - PT + ky * DH, H);
         if (iy < 0) continue;                       // a whole row of taps in the zero padding
         const __global REAL *xrow = x + ((long)n * H + iy) * W * CIN;
 #pragma unroll
-        for (int kx = 0; kx < KW; ++kx) {
+        for (int kx = 0; kx < KCOLS; ++kx) {
             const int ix0 = ix_base + kx * DW;
-            const __global REAL *wt = w + ((long)(ky * KW + kx) * CIN + ci_begin) * COUT;
+            const __global REAL *wt = w + ((long)(ky * KCOLS + kx) * CIN + ci_begin) * COUT;
             if (ix0 >= 0 && ix0 + (NPX - 1) * SW < W) {
                 // Interior: all NPX pixels read real input.
                 const __global REAL *xp = xrow + (long)ix0 * CIN;
@@ -126,10 +129,13 @@ static inline void accumulate(const int NPX, realv acc[PX][NV], const __global R
 }
 
 // Writes the block of PX pixels from output column ox0 and VW*NV channels
-// from co0 into the output row yrow, with bias and activation; pixels past
-// WO and channels past COUT (a last, partial block) are not written.
+// from co0 into the output row yrow, whose pixels are ystride elements apart
+// (COUT, except where a branch of aspp.cl writes its slice of wider
+// pixels), with bias and activation; pixels past WO and channels past COUT
+// (a last, partial block) are not written.
 static inline void store_block(realv acc[PX][NV], __global REAL *yrow, const __global REAL *bias,
-                               const int ox0, const int co0, const int WO, const int COUT)
+                               const int ox0, const int co0, const int WO, const int COUT,
+                               const int ystride)
 {
 #pragma unroll
     for (int p = 0; p < PX; ++p) {
@@ -143,7 +149,7 @@ static inline void store_block(realv acc[PX][NV], __global REAL *yrow, const __g
 #if HAS_BIAS
             value += VLOAD(bias + co);
 #endif
-            VSTORE(yrow + (long)ox * COUT + co, ACTIVATE(value));
+            VSTORE(yrow + (long)ox * ystride + co, ACTIVATE(value));
         }
     }
 }

@@ -44,7 +44,7 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 #pragma unroll
         for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
 
-    accumulate(PX, acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
+    accumulate(PX, KH, KW, acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 
-    store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT);
+    store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT, COUT);
 }

@@ -86,10 +86,10 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                     // work on pixels past WO.  (With any other PXT such a
                     // block runs whole, its extra pixels on the checked path
                     // and never stored.)
-                    accumulate(PXT, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                    accumulate(PXT, KH, KW, acc, x, w, cov, n, oy, ox0, ci0, ci1,
                                H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
                 } else {
-                    accumulate(PX, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                    accumulate(PX, KH, KW, acc, x, w, cov, n, oy, ox0, ci0, ci1,
                                H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
                 }
                 if (ci1 < CIN) {
@@ -99,7 +99,7 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
                         for (int v = 0; v < NV; ++v) sums[p][v] = acc[p][v];
                 } else {
                     store_block(acc, y + ((long)n * HO + oy) * WO * COUT, bias,
-                                ox0, co0, WO, COUT);
+                                ox0, co0, WO, COUT, COUT);
                 }
             }
         }

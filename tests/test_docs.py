@@ -6,10 +6,11 @@ import pytest
 
 import clatrous.conv
 import clatrous.layers
+import clatrous.pyramid
 import clatrous.reference
 
 
-@pytest.mark.parametrize("module", [clatrous.conv, clatrous.layers, clatrous.reference])
+@pytest.mark.parametrize("module", [clatrous.conv, clatrous.layers, clatrous.pyramid, clatrous.reference])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
@@ -20,6 +21,7 @@ PUBLIC = [
     clatrous.conv1d,
     clatrous.conv2d,
     clatrous.depthwise_conv2d,
+    clatrous.aspp,
     clatrous.dilate,
     clatrous.devices,
     clatrous.default_device,

@@ -1,0 +1,225 @@
+"""``aspp``: several atrous convolutions of one input in one pass (DeepLab's ASPP branches).
+
+A call is :func:`clatrous.arguments.prepare_branches` (every check, each
+branch as ``conv2d`` checks it, no OpenCL yet), then one launch of
+``kernels/aspp.cl``: the work-items of every branch share one NDRange, so
+the branches read each input tile while it is in cache, skip the taps that
+fall wholly in the padding, and write straight into their channel slices of
+one result (no concatenation copy).
+
+:func:`enqueue_branches` is the launch alone, on device buffers, with the
+output's pixel width, where each slice starts and a per-image bias as
+parameters: :class:`clatrous.ASPP` builds its projection on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from . import params, staging
+from .arguments import PreparedBranches, is_device_array, prepare_branches
+from .conv import ArrayLike, Device, IntOrPair, Result
+from .errors import DeviceMemoryError, UnsupportedDeviceError
+from .execute import check_device, limits, poison, runtime_for
+from .launch import Launch, cached_launch
+from .runtime import Runtime
+from .variants import MAX_BRANCHES, Branch, aspp_local_bytes, aspp_plan
+
+__all__ = ["aspp", "branch_launch", "enqueue_branches"]
+
+
+def branch_launch(
+    runtime: Runtime,
+    call: PreparedBranches,
+    *,
+    channels: int | None = None,
+    offsets: Sequence[int] | None = None,
+    bias_stride: int = 0,
+    config: dict | None = None,
+) -> Launch:
+    """The cached launch computing ``call``'s branches.
+
+    Into pixels of ``channels`` elements (default: all the branches'
+    channels), branch ``i`` from channel ``offsets[i]`` on (default: one
+    after the other); with ``bias_stride`` elements between the images' biases
+    (0: one bias for the batch).  ``config`` forces a configuration of the
+    kernel (the tests walk its space); by default :func:`clatrous.params.aspp_defaults`.
+    """
+    couts = tuple(p.geometry.cout for p in call.branches)
+    if offsets is None:
+        offsets = tuple(int(v) for v in np.cumsum((0, *couts[:-1])))
+    channels = sum(couts) if channels is None else channels
+    branches = tuple(
+        Branch.of(p.geometry, offset, p.bias is not None)
+        for p, offset in zip(call.branches, offsets, strict=True)
+    )
+    if config is None:
+        config = params.aspp_defaults(
+            runtime.info, call.branches[0].geometry, couts, call.dtype, (*offsets, channels)
+        )
+    elif aspp_local_bytes(config, call.dtype) > runtime.info.local_mem:
+        raise UnsupportedDeviceError(
+            f"aspp {config} needs {aspp_local_bytes(config, call.dtype)} bytes of local memory; "
+            f"device {runtime.info.name!r} has {runtime.info.local_mem}"
+        )
+    key = (
+        "aspp",
+        branches,
+        call.shape,
+        channels,
+        call.dtype,
+        call.activation,
+        bias_stride,
+        tuple(sorted(config.items())),
+    )
+    return cached_launch(
+        runtime,
+        key,
+        lambda: aspp_plan(branches, config, call.shape, channels, call.dtype, call.activation, bias_stride),
+    )
+
+
+def enqueue_branches(runtime: Runtime, launch: Launch, call: PreparedBranches, y, wait_for=(), share=False):
+    """Enqueue ``launch`` for ``call`` writing buffer ``y``: (the kernel's event, the events it waited for).
+
+    Device inputs are read in place after the events pending on them; host
+    ones are copied (or, with ``share``, read in place by a CPU device: only
+    for a caller that waits for the kernel).
+    """
+    dtype = call.dtype
+    x_buf, x_offset, waits = staging.input_buffer(runtime, call.x, dtype, share=share)
+    waits = [*wait_for, *waits]
+    weights, biases = [], []
+    for p in call.branches:
+        buf, more = staging.weight_buffer(runtime, p.kernel, dtype, share=share)
+        weights.append(buf)
+        waits += more
+        if p.bias is None:
+            biases.append(None)
+        else:
+            buf, more = staging.weight_buffer(runtime, p.bias, dtype, share=share)
+            biases.append(buf)
+            waits += more
+    unused = MAX_BRANCHES - len(weights)
+    # Unused weight arguments: any buffer (never read); unused biases: none.
+    buffers = (x_buf, *weights, *[x_buf] * unused, *biases, *[None] * unused, y)
+    return launch.enqueue(runtime.queue, buffers, (x_offset,), waits), waits
+
+
+def aspp(
+    x: ArrayLike,
+    kernels: Sequence[ArrayLike],
+    rates: Sequence[IntOrPair],
+    biases: Sequence[ArrayLike | None] | None = None,
+    *,
+    activation: str | None = None,
+    device: Device = None,
+) -> Result:
+    """Several "same" dilated convolutions of one input, in one pass, their results side by side.
+
+    The branches of DeepLab's atrous spatial pyramid pooling: the result
+    equals ``np.concatenate([conv2d(x, kernels[i], biases[i], padding="same",
+    dilation_rate=rates[i], activation=activation) for i ...], axis=-1)``,
+    computed by one launch that reads each input tile once for every
+    branch, skips the taps that fall wholly in the padding, and writes each
+    branch straight into its channel slice.
+
+    Parameters
+    ----------
+    x : (N, H, W, C_in) array_like or pyopencl.array.Array
+    kernels : list or tuple of 1 to 8 arrays (kh_i, kw_i, C_in, C_out_i)
+        Any sizes, a 1x1 included.
+    rates : list or tuple of ints or (rows, cols) pairs, one per kernel
+        Each branch's ``dilation_rate``.
+    biases : list or tuple of (C_out_i,) arrays or None, one per kernel, optional
+    activation : str or None
+        As for :func:`clatrous.conv2d`, applied to every branch.
+    device : pyopencl Device, Context or CommandQueue, optional
+        As for :func:`clatrous.conv2d` (left out for a device ``x``).
+
+    Returns
+    -------
+    (N, H, W, sum C_out_i) ndarray, or an Array on ``x``'s queue when ``x`` is one.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`clatrous.conv2d` raises them, naming the branch and its
+        entry (``kernels[1]``, ``rates[2]``...); sequences of the wrong type
+        or length; before any OpenCL call.
+    clatrous.DeviceMemoryError
+        A problem the device cannot hold (the fused call is not split).
+
+    Examples
+    --------
+    >>> import numpy as np, clatrous
+    >>> x = np.ones((1, 5, 5, 1), np.float32)
+    >>> k = np.ones((3, 3, 1, 1), np.float32)
+    >>> y = clatrous.aspp(x, [k, k], rates=[1, 2])
+    >>> y.shape
+    (1, 5, 5, 2)
+    >>> y[0, 2, :, 1]  # rate 2: the taps two pixels out fall in the padding at the edges
+    array([6., 6., 9., 6., 6.], dtype=float32)
+    """
+    call = prepare_branches(x, kernels, rates, biases, activation)
+    runtime = runtime_for(call.branches[0], device)
+    for p in call.branches:
+        check_device(runtime, p)
+    n, h, w, _ = call.shape
+    shape = (n, h, w, call.channels)
+    dtype, queue = call.dtype, runtime.queue
+    on_device = is_device_array(call.x)
+    if 0 in shape:
+        return cl_array.empty(queue, shape, dtype) if on_device else np.empty(shape, dtype)
+    _check_fits(runtime, call, shape)
+    try:
+        launch = branch_launch(runtime, call)
+        if on_device:
+            result = cl_array.empty(queue, shape, dtype)
+            waits = poison(queue, result.base_data, dtype, result.nbytes, [])
+            event, _ = enqueue_branches(runtime, launch, call, result.base_data, waits)
+            result.add_event(event)
+            return result
+        return _host_call(runtime, launch, call, shape)
+    except cl.MemoryError as exc:
+        raise DeviceMemoryError(
+            f"the device {runtime.info.name!r} could not hold the branches of x {call.shape} "
+            f"into {shape} ({exc}); the fused call is not split: call conv2d per branch"
+        ) from None
+
+
+def _host_call(runtime: Runtime, launch: Launch, call: PreparedBranches, shape) -> np.ndarray:
+    """One launch on host arrays, read in place where possible; waits for the result."""
+    dtype, queue = call.dtype, runtime.queue
+    result, y_buf, shared = staging.host_output(runtime, shape, dtype)
+    pending: list[cl.Event] = []
+    try:
+        pending = poison(queue, y_buf, dtype, result.nbytes, [])
+        event, _ = enqueue_branches(runtime, launch, call, y_buf, pending, share=True)
+        pending = [event]
+        staging.read_back(queue, result, y_buf, shared, pending)
+    except BaseException:
+        # The kernel may be reading the caller's arrays: never leave before it is done.
+        for event in pending:
+            event.wait()
+        raise
+    return result
+
+
+def _check_fits(runtime: Runtime, call: PreparedBranches, shape) -> None:
+    """A DeviceMemoryError, before any allocation, for buffers past what the device may hold."""
+    itemsize = call.dtype.itemsize
+    sizes = [math.prod(call.shape) * itemsize, math.prod(shape) * itemsize]
+    sizes += [math.prod(p.geometry.kernel_shape) * itemsize for p in call.branches]
+    max_alloc, budget = limits(runtime)
+    if max(sizes) > max_alloc or sum(sizes) > budget:
+        raise DeviceMemoryError(
+            f"the branches of x {call.shape} into {shape} need buffers of {max(sizes)} bytes, "
+            f"{sum(sizes)} in all; the device {runtime.info.name!r} takes {max_alloc} at most in one, "
+            f"{budget} in all (the fused call is not split: call conv2d per branch, which splits)"
+        )
