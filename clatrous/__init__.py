@@ -6,7 +6,8 @@ The public names:
   API (NumPy or pyopencl Arrays), with ``groups`` and ``padding_mode``.
 - :class:`Conv1D`, :class:`Conv2D`, :class:`DepthwiseConv2D`, :class:`SeparableConv2D`:
   Keras-like layers that load Keras' ``get_weights()`` as they are.
-- :func:`aspp`: DeepLab's atrous branches of one input, computed in one pass.
+- :func:`aspp`: DeepLab's atrous branches of one input, computed in one pass;
+  :class:`ASPP`: DeepLabv3's whole block (branches, image pooling, projection) as a layer.
 - :func:`starlet`, :func:`istarlet`: the starlet wavelet transform (the
   original algorithme à trous) and its inverse, every scale on the device.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
@@ -22,7 +23,7 @@ from importlib import metadata as _metadata
 from . import params, reference
 from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import BuildError, ClatrousError, DeviceMemoryError, DeviceNotFoundError, UnsupportedDeviceError
-from .layers import Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
+from .layers import ASPP, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D
 from .pyramid import aspp
 from .reference import dilate
 from .runtime import default_device
@@ -36,6 +37,7 @@ except _metadata.PackageNotFoundError:  # imported from a checkout that was neve
     __version__ = "0+unknown"
 
 __all__ = [
+    "ASPP",
     "BuildError",
     "ClatrousError",
     "Conv1D",

@@ -12,6 +12,7 @@ layer                     weights, in order
 ``DepthwiseConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, bias ``(C_in * M,)``
 ``SeparableConv2D``       depthwise kernel ``(kh, kw, C_in, M)``, pointwise kernel
                           ``(1, 1, C_in * M, filters)``, bias ``(filters,)``
+``ASPP``                  DeepLab's block: see :class:`ASPP` for its order
 ========================  ==================================================
 
 (no bias with ``use_bias=False``).  Weights are created by :meth:`build` from
@@ -47,12 +48,13 @@ from .arguments import (
     to_channels_last,
 )
 from .conv import conv1d, conv2d, depthwise_conv2d
-from .errors import DeviceMemoryError
+from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
+from .pyramid import aspp_block
 from .runtime import get_runtime
 from .staging import aligned_copy
 
-__all__ = ["Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"]
+__all__ = ["ASPP", "Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D"]
 
 
 def _positive_int(value, name: str) -> int:
@@ -713,3 +715,242 @@ class SeparableConv2D(_Layer):
 
     def get_config(self) -> dict:
         return {"filters": self.filters, **super().get_config(), "depth_multiplier": self.depth_multiplier}
+
+
+class ASPP(_Layer):
+    """DeepLabv3's atrous spatial pyramid pooling block, for inference (batch norm folded in).
+
+    Input ``(N, H, W, C_in)``; output ``(N, H, W, filters)``.  Branches, each
+    a "same" convolution to ``filters`` channels with a bias (the folded
+    batch norm) and ``activation``:
+
+    1. a 1x1 convolution;
+    2. one ``kernel_size`` convolution per rate in ``rates``: dense, or with
+       ``separable=True`` DeepLabv3+'s atrous separable convolution, a
+       depthwise convolution at the rate (with its bias and the activation,
+       as DeepLab's ``split_separable_conv2d``) then a 1x1 one;
+    3. with ``image_pooling``, each image's mean over its pixels through a 1x1
+       convolution, spread over the image (a bilinear upsampling of one pixel);
+
+    then their concatenation, in that order, projected by a 1x1 convolution
+    to ``filters`` channels (bias and activation).  Dropout, which acts only
+    in training, is left out.
+
+    Weights, in order (:meth:`get_weights`, :meth:`set_weights`,
+    :attr:`weight_names`), with ``F = filters``, ``R = len(rates)`` and
+    ``P = 1`` with image pooling, else 0:
+
+    ================================  =============================================
+    ``conv1x1_kernel``, ``_bias``     ``(1, 1, C_in, F)``, ``(F,)``
+    each rate ``i``, dense:           ``atrous{i}_kernel`` ``(kh, kw, C_in, F)``, ``atrous{i}_bias`` ``(F,)``
+    each rate ``i``, separable:       ``atrous{i}_depthwise_kernel`` ``(kh, kw, C_in, 1)``,
+                                      ``atrous{i}_depthwise_bias`` ``(C_in,)``,
+                                      ``atrous{i}_pointwise_kernel`` ``(1, 1, C_in, F)``,
+                                      ``atrous{i}_pointwise_bias`` ``(F,)``
+    ``pooling_kernel``, ``_bias``     ``(1, 1, C_in, F)``, ``(F,)`` (with image pooling)
+    ``projection_kernel``, ``_bias``  ``(1, 1, (1 + R + P) * F, F)``, ``(F,)``
+    ================================  =============================================
+
+    The concatenation's channel order (1x1, rates, pooling) is torchvision's
+    ``ASPP``; a PyTorch model's weights load after folding each batch norm
+    into the convolution before it and transposing ``(out, in, kh, kw)`` to
+    ``(kh, kw, in, out)``.
+
+    How it runs: every step on the device, ordered by events, with no wait
+    on the host between steps (see :func:`clatrous.pyramid.aspp_block`).  The
+    dense branches are one fused launch of :func:`clatrous.aspp` writing
+    their slices of one buffer; the pooling branch, constant over the
+    pixels, is folded into a per-image bias of the projection, so the
+    concatenation never holds it.  The result equals the block composed of
+    :func:`clatrous.conv2d`, :func:`clatrous.depthwise_conv2d`, a mean and
+    ``np.concatenate`` to rounding (the sums run in another order).
+
+    Parameters
+    ----------
+    filters : int
+        Channels of every branch and of the output (DeepLab: 256).
+    rates : sequence of ints or (rows, cols) pairs
+        One atrous branch per rate (DeepLabv3: 6, 12, 18 at output stride
+        16); 1 to 7 of them.
+    kernel_size : int or (int, int)
+        The atrous branches' kernel (3).
+    separable : bool
+        DeepLabv3+'s atrous separable branches instead of dense ones.
+    image_pooling : bool
+        Whether the image-pooling branch is there.
+    activation : str or None
+        After every convolution, as :func:`clatrous.conv2d` takes it ("relu").
+    dtype, device
+        As for :class:`Conv2D`.
+
+    Examples
+    --------
+    >>> import numpy as np, clatrous
+    >>> block = clatrous.ASPP(8, rates=(2, 4))
+    >>> block(np.ones((1, 9, 9, 3), np.float32)).shape
+    (1, 9, 9, 8)
+    >>> block.weight_names[:4]
+    ('conv1x1_kernel', 'conv1x1_bias', 'atrous0_kernel', 'atrous0_bias')
+    """
+
+    def __init__(
+        self,
+        filters=256,
+        rates=(6, 12, 18),
+        kernel_size=3,
+        separable=False,
+        image_pooling=True,
+        activation="relu",
+        dtype="float32",
+        device=None,
+        **training_only,
+    ):
+        self.filters = _positive_int(filters, "filters")
+        for name, value in (("separable", separable), ("image_pooling", image_pooling)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+        if not isinstance(rates, (list, tuple)):
+            raise TypeError(f"rates must be a list or tuple of rates, got {type(rates).__name__}")
+        if not 1 <= len(rates) <= self.MAX_RATES:
+            raise ValueError(f"rates must hold 1 to {self.MAX_RATES} rates, got {len(rates)}")
+        self.rates = tuple(normalize_tuple(rate, 2, f"rates[{i}]") for i, rate in enumerate(rates))
+        self.separable = bool(separable)
+        self.image_pooling = bool(image_pooling)
+        super().__init__(
+            kernel_size, 1, "same", 1, activation, False, "zeros", dtype, device, "channels_last",
+            training_only,
+        )  # fmt: skip
+        self._device_weights: dict = {}
+
+    #: The most atrous branches: with the 1x1 one, the fused kernel's eight.
+    MAX_RATES = 7
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        names = ["conv1x1_kernel", "conv1x1_bias"]
+        for i in range(len(self.rates)):
+            if self.separable:
+                names += [f"atrous{i}_depthwise_kernel", f"atrous{i}_depthwise_bias"]
+                names += [f"atrous{i}_pointwise_kernel", f"atrous{i}_pointwise_bias"]
+            else:
+                names += [f"atrous{i}_kernel", f"atrous{i}_bias"]
+        if self.image_pooling:
+            names += ["pooling_kernel", "pooling_bias"]
+        return (*names, "projection_kernel", "projection_bias")
+
+    def _kernel_shapes(self, cin):
+        f, kernel = self.filters, self.kernel_size
+        shapes = [(1, 1, cin, f), (f,)]
+        for _ in self.rates:
+            if self.separable:
+                shapes += [(*kernel, cin, 1), (cin,), (1, 1, cin, f), (f,)]
+            else:
+                shapes += [(*kernel, cin, f), (f,)]
+        if self.image_pooling:
+            shapes += [(1, 1, cin, f), (f,)]
+        branches = 1 + len(self.rates) + self.image_pooling
+        return [*shapes, (1, 1, branches * f, f), (f,)]
+
+    def _initial_kernels(self, rng, cin):
+        weights = []
+        for shape in self._kernel_shapes(cin):
+            if len(shape) == 1:
+                weights.append(np.zeros(shape))
+            elif shape[-1] == 1:  # a depthwise kernel
+                weights.append(_depthwise_glorot(rng, self.kernel_size, cin, 1))
+            else:
+                taps = shape[0] * shape[1]
+                weights.append(_glorot(rng, shape, taps * shape[2], taps * shape[3]))
+        return weights
+
+    def _channels_out(self, cin):
+        return self.filters
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        with self._lock:
+            self._device_weights = {}
+
+    def _build_for(self, cin):
+        super()._build_for(cin)
+        with self._lock:
+            self._device_weights = {}
+
+    def _on_device(self, queue, weights: tuple) -> tuple:
+        """The weights as device arrays of ``queue``, uploaded once per set of weights.
+
+        The projection kernel is kept as its two parts: the rows of the
+        branches the concatenation holds, and those of the pooling branch.
+        """
+        with self._lock:
+            kept = self._device_weights.get(queue.int_ptr)
+            if kept is not None and kept[0] is weights:
+                return kept[1]
+        host = list(weights)
+        if self.image_pooling:
+            rows = self.filters * (1 + len(self.rates))
+            host[-2:-1] = [host[-2][:, :, :rows], host[-2][:, :, rows:]]
+        arrays = tuple(cl_array.to_device(queue, np.ascontiguousarray(w)) for w in host)
+        with self._lock:
+            if self._weights is weights:
+                self._device_weights = {queue.int_ptr: (weights, arrays)}
+        return arrays
+
+    def _forward(self, x, weights):
+        if is_device_array(x):
+            runtime = get_runtime(x.queue)
+            if self.device is not None and get_runtime(self.device).queue is not x.queue:
+                raise ValueError("x is a device array on another queue than the layer's device")
+            if x.dtype != self.dtype:
+                raise TypeError(f"x on the device must have the layer's dtype {self.dtype}, got {x.dtype}")
+            if not x.flags.c_contiguous:
+                raise ValueError("x on the device must be C-contiguous")
+        else:
+            runtime = get_runtime(self.device)
+        if len(x.shape) != 4 or 0 in x.shape[1:3]:
+            raise ValueError(f"x must be (N, H, W, C_in) with pixels, got shape {tuple(x.shape)}")
+        if x.shape[-1] != weights[0].shape[2]:
+            raise ValueError(f"x has {x.shape[-1]} channels; the layer was built for {weights[0].shape[2]}")
+        if x.shape[0] == 0:
+            return np.empty((*x.shape[:3], self.filters), self.dtype)
+        if self.dtype == np.float64 and not runtime.info.fp64:
+            raise UnsupportedDeviceError(
+                f"the layer is float64 but device {runtime.info.name!r} has no cl_khr_fp64"
+            )
+        if not is_device_array(x):
+            x = cl_array.to_device(runtime.queue, np.ascontiguousarray(x))
+        w = list(self._on_device(runtime.queue, weights))
+        pointwise, w = tuple(w[:2]), w[2:]
+        step = 4 if self.separable else 2
+        atrous = [tuple(w[i * step : (i + 1) * step]) for i in range(len(self.rates))]
+        w = w[len(self.rates) * step :]
+        if self.image_pooling:
+            pooling, projection = tuple(w[:2]), tuple(w[2:])
+        else:
+            pooling, projection = None, (w[0], None, w[1])
+        return aspp_block(
+            runtime,
+            x,
+            pointwise=pointwise,
+            atrous=atrous,
+            rates=self.rates,
+            pooling=pooling,
+            projection=projection,
+            activation=self.activation,
+        )
+
+    def compute_output_shape(self, input_shape):
+        shape = self._shape(input_shape)
+        return (*shape[:3], self.filters)
+
+    def get_config(self) -> dict:
+        return {
+            **self.training_config,
+            "filters": self.filters,
+            "rates": self.rates,
+            "kernel_size": self.kernel_size,
+            "separable": self.separable,
+            "image_pooling": self.image_pooling,
+            "activation": self.activation,
+            "dtype": self.dtype.name,
+        }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pyopencl as cl
@@ -23,14 +24,14 @@ import pyopencl.array as cl_array
 
 from . import params, staging
 from .arguments import PreparedBranches, is_device_array, prepare_branches
-from .conv import ArrayLike, Device, IntOrPair, Result
+from .conv import ArrayLike, Device, IntOrPair, Result, conv2d, depthwise_conv2d
 from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .execute import check_device, limits, poison, runtime_for
 from .launch import Launch, cached_launch
 from .runtime import Runtime
-from .variants import MAX_BRANCHES, Branch, aspp_local_bytes, aspp_plan
+from .variants import MAX_BRANCHES, Branch, aspp_local_bytes, aspp_plan, mean_plan
 
-__all__ = ["aspp", "branch_launch", "enqueue_branches"]
+__all__ = ["aspp", "aspp_block", "branch_launch", "enqueue_branches", "spatial_mean"]
 
 
 def branch_launch(
@@ -223,3 +224,98 @@ def _check_fits(runtime: Runtime, call: PreparedBranches, shape) -> None:
             f"{sum(sizes)} in all; the device {runtime.info.name!r} takes {max_alloc} at most in one, "
             f"{budget} in all (the fused call is not split: call conv2d per branch, which splits)"
         )
+
+
+def spatial_mean(runtime: Runtime, x: cl_array.Array) -> cl_array.Array:
+    """Each image's mean over its pixels: device ``x`` (N, H, W, C) -> (N, 1, 1, C), after ``x``'s events.
+
+    One launch of ``kernels/spatial_mean.cl`` (row sums, then their sum);
+    the result carries its event and is not waited for.
+    """
+    n, h, w, c = x.shape
+    launch = cached_launch(
+        runtime,
+        ("spatial_mean", tuple(x.shape), x.dtype),
+        lambda: mean_plan(tuple(x.shape), x.dtype, runtime.info.max_work_group),
+    )
+    result = cl_array.empty(runtime.queue, (n, 1, 1, c), x.dtype)
+    waits = poison(runtime.queue, result.base_data, x.dtype, result.nbytes, staging.pending_events(x))
+    event = launch.enqueue(
+        runtime.queue, (x.base_data, result.base_data), (x.offset // x.dtype.itemsize,), waits
+    )
+    result.events.append(event)
+    return result
+
+
+def _into(runtime: Runtime, call: PreparedBranches, y: cl_array.Array, offsets, bias_stride: int = 0) -> None:
+    """Launch ``call``'s branches into their slices of device ``y``, after every event pending on it.
+
+    ``y``'s events gain the launch's, so a later reader of ``y`` waits for
+    every slice (``events`` grows by hand: PyOpenCL's ``add_event`` would
+    wait on the host once it holds a dozen).
+    """
+    channels = y.shape[-1]
+    launch = branch_launch(runtime, call, channels=channels, offsets=offsets, bias_stride=bias_stride)
+    event, _ = enqueue_branches(runtime, launch, call, y.base_data, staging.pending_events(y))
+    y.events.append(event)
+
+
+def aspp_block(
+    runtime: Runtime,
+    x: cl_array.Array,
+    *,
+    pointwise: tuple,
+    atrous: Sequence[tuple],
+    rates: Sequence[IntOrPair],
+    pooling: tuple | None,
+    projection: tuple,
+    activation: str,
+) -> cl_array.Array:
+    """DeepLab's ASPP block on device ``x`` (N, H, W, C_in): the device result (N, H, W, F), not waited for.
+
+    ``pointwise`` is the 1x1 branch's (kernel, bias); ``atrous`` one entry
+    per rate: (kernel, bias) for a dense branch, or (depthwise kernel,
+    depthwise bias, pointwise kernel, pointwise bias) for a separable one;
+    ``pooling`` the image-pooling branch's (kernel, bias) or None;
+    ``projection`` (the kernel's rows of the 1x1 and atrous branches
+    ``(1, 1, (1 + R) * F, F)``, the rows of the pooling branch ``(1, 1, F,
+    F)`` or None, bias).  Each convolution is followed by ``activation``.
+    The weights may be host or device arrays of ``x``'s dtype.
+
+    Every launch waits for the ones it reads by their events; none waits
+    on the host.  The dense branches are one fused launch writing their
+    slices of one buffer; each separable branch is a depthwise launch, then
+    a 1x1 launch into its slice.  The pooling branch, constant over the
+    pixels, enters the projection as a per-image bias (``projection bias +
+    its rows of the projection kernel times the branch's output``): the
+    concatenation holds the other branches only, and the projection is one
+    more fused launch reading it with that bias.
+    """
+    n, h, w, _ = x.shape
+    features = pointwise[0].shape[-1]
+    dtype, queue = x.dtype, runtime.queue
+    concat = cl_array.empty(queue, (n, h, w, features * (1 + len(rates))), dtype)
+    concat.events.extend(poison(queue, concat.base_data, dtype, concat.nbytes, []))
+    if all(len(branch) == 2 for branch in atrous):  # dense: one launch for every branch
+        kernels = [pointwise[0], *(branch[0] for branch in atrous)]
+        biases = [pointwise[1], *(branch[1] for branch in atrous)]
+        call = prepare_branches(x, kernels, [1, *rates], biases, activation)
+        _into(runtime, call, concat, [features * i for i in range(1 + len(rates))])
+    else:
+        _into(runtime, prepare_branches(x, [pointwise[0]], [1], [pointwise[1]], activation), concat, [0])
+        for i, ((dk, db, pk, pb), rate) in enumerate(zip(atrous, rates, strict=True), start=1):
+            middle = depthwise_conv2d(x, dk, db, padding="same", dilation_rate=rate, activation=activation)
+            _into(runtime, prepare_branches(middle, [pk], [1], [pb], activation), concat, [features * i])
+    rows, pooled_rows, bias = projection
+    bias_stride = 0
+    if pooling is not None:
+        mean = spatial_mean(runtime, x)
+        pooled = conv2d(mean, pooling[0], pooling[1], activation=activation)
+        bias = conv2d(pooled, pooled_rows, bias)  # (N, 1, 1, F): one bias per image
+        bias_stride = features
+    call = prepare_branches(concat, [rows], [1], [projection[2]], activation)
+    call = replace(call, branches=(replace(call.branches[0], bias=bias),))
+    result = cl_array.empty(queue, (n, h, w, features), dtype)
+    result.events.extend(poison(queue, result.base_data, dtype, result.nbytes, []))
+    _into(runtime, call, result, [0], bias_stride)
+    return result

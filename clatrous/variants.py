@@ -55,6 +55,7 @@ __all__ = [
     "aspp_local_bytes",
     "aspp_plan",
     "make_plan",
+    "mean_plan",
     "tiled_spans",
     "variant_names",
 ]
@@ -592,5 +593,23 @@ def aspp_plan(
         local_size=local,
         buffers=names,
         scalars=tuple(np.int32(v) for v in (h, w, shape[3], bias_stride)),
+        offsets=("x",),
+    )
+
+
+def mean_plan(shape: tuple[int, int, int, int], dtype: np.dtype, max_work_group: int) -> Plan:
+    """The launch of ``kernels/spatial_mean.cl``: (N, H, W, C) -> (N, C), each channel's pixel mean."""
+    n, h, w, c = shape
+    local = min(64, max_work_group)
+    return Plan(
+        variant="spatial_mean",
+        config=(),
+        source="spatial_mean.cl",
+        kernel_name="spatial_mean",
+        options=tuple(_common_options(dtype, "linear", False)),
+        global_size=(_round_up(c, local), n),
+        local_size=(local, 1),
+        buffers=("x", "y"),
+        scalars=tuple(np.int32(v) for v in (h, w, c)),
         offsets=("x",),
     )

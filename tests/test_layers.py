@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from helpers import assert_matches_reference, on_oclgrind
+from helpers import assert_matches_reference, on_oclgrind, skip_without_fp64
 
 import clatrous
 
@@ -76,6 +76,8 @@ class TestConv2DLayer:
         assert len(layer.get_weights()) == 1
 
 
+# A separable layer's chain: Oclgrind's address-reuse reports when its compiler cache is cold.
+@pytest.mark.oclgrind_reuse_false_positive
 def test_warmup_compiles_ahead_so_the_first_real_call_builds_nothing():
     # Issue 15: the first call of a new specialisation compiled for seconds.
     from clatrous import launch, runtime
@@ -91,3 +93,179 @@ def test_warmup_compiles_ahead_so_the_first_real_call_builds_nothing():
         assert runtime.settings.build_count == builds
     with pytest.raises(ValueError, match="every size"):
         clatrous.Conv2D(2, 3).warmup((None, 8, 8, 3))
+
+
+# ---------------------------------------------------------------- ASPP
+
+
+def _block_by_functional_calls(x, weights, rates, separable, pooling, activation="relu", lib=clatrous):
+    """DeepLab's ASPP block composed of ``lib``'s conv2d / depthwise_conv2d, a mean and a concatenation.
+
+    ``lib`` is :mod:`clatrous` or :mod:`clatrous.reference` (float64 sums):
+    the layer must equal both, each to its rounding.
+    """
+    ws = list(weights)
+    parts = [lib.conv2d(x, ws[0], ws[1], padding="same", activation=activation)]
+    i = 2
+    for rate in rates:
+        if separable:
+            middle = lib.depthwise_conv2d(
+                x, ws[i], ws[i + 1], padding="same", dilation_rate=rate, activation=activation
+            )
+            parts.append(lib.conv2d(middle, ws[i + 2], ws[i + 3], activation=activation))
+            i += 4
+        else:
+            parts.append(
+                lib.conv2d(x, ws[i], ws[i + 1], padding="same", dilation_rate=rate, activation=activation)
+            )
+            i += 2
+    if pooling:
+        mean = x.astype(np.float64).mean(axis=(1, 2), keepdims=True).astype(x.dtype)
+        pooled = lib.conv2d(mean, ws[i], ws[i + 1], activation=activation)
+        parts.append(np.broadcast_to(pooled, (*x.shape[:3], pooled.shape[-1])))
+        i += 2
+    assert i == len(ws) - 2, "the weights' order is not the documented one"
+    return lib.conv2d(np.concatenate(parts, axis=-1), ws[i], ws[i + 1], activation=activation)
+
+
+def _random_weights(layer, rng, dtype=np.float32):
+    """Fresh random weights of the layer's shapes (biases too: never zeros)."""
+    return [(rng.standard_normal(w.shape) * 0.5).astype(dtype) for w in layer.get_weights()]
+
+
+# Each call releases its intermediates: Oclgrind's address-reuse reports (pyproject.toml).
+@pytest.mark.oclgrind_reuse_false_positive
+class TestASPPLayer:
+    @pytest.mark.parametrize("separable", [False, True])
+    @pytest.mark.parametrize("pooling", [True, False])
+    def test_equals_the_block_composed_from_functional_calls(self, separable, pooling):
+        rng = np.random.default_rng(30 + 2 * separable + pooling)
+        layer = clatrous.ASPP(8, rates=(2, (3, 1), 5), separable=separable, image_pooling=pooling)
+        x = rng.standard_normal((2, 11, 13, 5)).astype(np.float32)
+        layer.build(x.shape)
+        weights = _random_weights(layer, rng)
+        layer.set_weights(weights)
+        out = layer(x)
+        assert out.shape == layer.compute_output_shape(x.shape) == (2, 11, 13, 8)
+        assert out.dtype == np.float32 and not np.isnan(out).any()
+        exact = _block_by_functional_calls(
+            x, weights, layer.rates, separable, pooling, lib=clatrous.reference
+        )
+        scale = np.abs(exact).max()
+        assert scale > 1  # the comparison is not between zeros
+        np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-5 * scale)
+        composed = _block_by_functional_calls(x, weights, layer.rates, separable, pooling)
+        np.testing.assert_allclose(out, composed, rtol=1e-5, atol=1e-5 * scale)
+
+    def test_float64_and_other_activations(self):
+        skip_without_fp64(np.float64)
+        rng = np.random.default_rng(40)
+        layer = clatrous.ASPP(4, rates=[1, 3], kernel_size=(3, 2), activation="tanh", dtype="float64")
+        x = rng.standard_normal((1, 7, 6, 3))
+        layer.build(x.shape)
+        weights = _random_weights(layer, rng, np.float64)
+        layer.set_weights(weights)
+        out = layer(x)
+        assert out.dtype == np.float64
+        exact = _block_by_functional_calls(x, weights, layer.rates, False, True, "tanh", clatrous.reference)
+        np.testing.assert_allclose(out, exact, rtol=1e-12, atol=1e-12)
+
+    def test_device_input_gives_the_same_bits_as_host_input(self):
+        import pyopencl.array as cl_array
+
+        from clatrous import runtime
+
+        rng = np.random.default_rng(41)
+        layer = clatrous.ASPP(8, rates=(2, 4), separable=True)
+        x = rng.standard_normal((1, 9, 10, 4)).astype(np.float32)
+        layer.build(x.shape)
+        layer.set_weights(_random_weights(layer, rng))
+        on_device = layer(cl_array.to_device(runtime.get_runtime().queue, x))
+        assert isinstance(on_device, np.ndarray)
+        np.testing.assert_array_equal(on_device, layer(x))
+
+    def test_new_weights_are_used_on_the_next_call(self):
+        rng = np.random.default_rng(42)
+        layer = clatrous.ASPP(4, rates=(2,))
+        x = rng.standard_normal((1, 6, 6, 3)).astype(np.float32)
+        layer.build(x.shape)
+        first = _random_weights(layer, rng)
+        layer.set_weights(first)
+        layer(x)  # uploads the first weights to the device
+        second = _random_weights(layer, rng)
+        layer.set_weights(second)
+        exact = _block_by_functional_calls(x, second, layer.rates, False, True, lib=clatrous.reference)
+        np.testing.assert_allclose(layer(x), exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+
+    def test_weights_names_shapes_and_config(self):
+        layer = clatrous.ASPP(16, rates=(6, 12), separable=True, name="aspp")
+        layer.build((None, None, None, 32))
+        names = layer.weight_names
+        assert names == (
+            "conv1x1_kernel", "conv1x1_bias",
+            "atrous0_depthwise_kernel", "atrous0_depthwise_bias",
+            "atrous0_pointwise_kernel", "atrous0_pointwise_bias",
+            "atrous1_depthwise_kernel", "atrous1_depthwise_bias",
+            "atrous1_pointwise_kernel", "atrous1_pointwise_bias",
+            "pooling_kernel", "pooling_bias", "projection_kernel", "projection_bias",
+        )  # fmt: skip
+        shapes = [w.shape for w in layer.get_weights()]
+        assert shapes[:6] == [(1, 1, 32, 16), (16,), (3, 3, 32, 1), (32,), (1, 1, 32, 16), (16,)]
+        assert shapes[-4:] == [(1, 1, 32, 16), (16,), (1, 1, 64, 16), (16,)]
+        config = layer.get_config()
+        assert config["rates"] == ((6, 6), (12, 12)) and config["name"] == "aspp"
+        again = clatrous.ASPP.from_config(config)
+        assert again.get_config() == config
+        assert clatrous.ASPP(16, image_pooling=False).weight_names[-2:] == (
+            "projection_kernel",
+            "projection_bias",
+        )
+
+    @pytest.mark.parametrize(
+        ("make", "error", "words"),
+        [
+            (lambda: clatrous.ASPP(8, rates=()), ValueError, ["rates", "1 to 7"]),
+            (lambda: clatrous.ASPP(8, rates=tuple(range(1, 9))), ValueError, ["rates", "1 to 7", "8"]),
+            (lambda: clatrous.ASPP(8, rates=6), TypeError, ["rates", "list or tuple"]),
+            (lambda: clatrous.ASPP(8, rates=(6, 0)), ValueError, ["rates[1]"]),
+            (lambda: clatrous.ASPP(8, rates=(6, 2.5)), TypeError, ["rates[1]"]),
+            (lambda: clatrous.ASPP(0), ValueError, ["filters"]),
+            (lambda: clatrous.ASPP(8, separable="yes"), TypeError, ["separable"]),
+            (lambda: clatrous.ASPP(8, image_pooling=1), TypeError, ["image_pooling"]),
+            (lambda: clatrous.ASPP(8, activation="softmax"), ValueError, ["activation"]),
+            (lambda: clatrous.ASPP(8, kernel_initialiser="x"), TypeError, ["kernel_initialiser"]),
+        ],
+    )
+    def test_bad_arguments_are_named(self, make, error, words):
+        with pytest.raises(error) as info:
+            make()
+        for word in words:
+            assert word in str(info.value), (word, str(info.value))
+
+    def test_bad_weights_and_input_are_named_before_opencl(self, monkeypatch):
+        from clatrous import pyramid
+
+        layer = clatrous.ASPP(4, rates=(2,))
+        layer.build((1, 5, 5, 3))
+        weights = layer.get_weights()
+
+        def refuse(*_args, **_kwargs):
+            raise AssertionError("an OpenCL launch was made for a user's mistake")
+
+        monkeypatch.setattr(pyramid, "enqueue_branches", refuse)
+        with pytest.raises(ValueError, match="weights must hold 8 arrays"):
+            layer.set_weights(weights[:-1])
+        bad = [*weights[:2], np.ones((3, 3, 3, 5)), *weights[3:]]
+        with pytest.raises(ValueError, match=r"atrous0_kernel weights must have shape \(3, 3, 3, 4\)"):
+            layer.set_weights(bad)
+        with pytest.raises(ValueError, match="x has 2 channels; the layer was built for 3"):
+            layer(np.ones((1, 5, 5, 2), np.float32))
+        with pytest.raises(ValueError, match="x must be"):
+            layer(np.ones((5, 5, 3), np.float32))
+        with pytest.raises(TypeError, match="x"):
+            layer(np.ones((1, 5, 5, 3), complex))
+
+    def test_empty_batch_and_warmup(self):
+        layer = clatrous.ASPP(4, rates=(2,))
+        layer.warmup((1, 6, 7, 3))
+        assert layer(np.ones((0, 6, 7, 3), np.float32)).shape == (0, 6, 7, 4)

@@ -252,3 +252,52 @@ def test_device_x_refuses_host_float64_mismatch():
         pytest.skip("the device has no cl_khr_fp64")
     with pytest.raises(TypeError, match=r"kernels\[0\]"):
         clatrous.aspp(x, [k], [1])
+
+
+def test_spatial_mean_of_each_image_and_channel():
+    rng = np.random.default_rng(7)
+    rt = runtime.get_runtime()
+    x = (rng.standard_normal((3, 17, 23, 5)) + 4).astype(np.float32)  # a large mean: rounding shows
+    big = cl_array.to_device(rt.queue, np.concatenate([x[:1] * 3, x]))
+    mean = pyramid.spatial_mean(rt, big[1:])  # a view: read from its offset
+    assert mean.shape == (3, 1, 1, 5)
+    expected = x.astype(np.float64).mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(mean.get(), expected, rtol=2e-6)
+
+
+@pytest.mark.oclgrind_reuse_false_positive
+def test_the_block_chains_on_the_device_without_waiting_on_the_host(monkeypatch):
+    """Every step of aspp_block is ordered by events alone: no wait, finish or read-back before the end."""
+    rng = np.random.default_rng(8)
+    rt = runtime.get_runtime()
+    x = rng.standard_normal((2, 8, 9, 4)).astype(np.float32)
+    layer = clatrous.ASPP(4, rates=(2, 3), separable=True)
+    layer.build(x.shape)
+    weights = [(rng.standard_normal(w.shape) * 0.5).astype(np.float32) for w in layer.get_weights()]
+    layer.set_weights(weights)
+    expected = layer(x)
+    on_device = [cl_array.to_device(rt.queue, np.ascontiguousarray(w)) for w in weights]
+    projection = weights[-2]
+    rows = cl_array.to_device(rt.queue, np.ascontiguousarray(projection[:, :, :12]))
+    pooled_rows = cl_array.to_device(rt.queue, np.ascontiguousarray(projection[:, :, 12:]))
+    x_dev = cl_array.to_device(rt.queue, x)
+    rt.queue.finish()
+    waits = []
+    for owner, name in ((cl.Event, "wait"), (cl.CommandQueue, "finish"), (cl_array.Array, "get")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _n=name, _r=real, **k: waits.append(_n) or _r(*a, **k))
+    monkeypatch.setattr(cl, "wait_for_events", lambda *a, **k: waits.append("wait_for_events"))
+    out = pyramid.aspp_block(
+        rt,
+        x_dev,
+        pointwise=tuple(on_device[:2]),
+        atrous=[tuple(on_device[2:6]), tuple(on_device[6:10])],
+        rates=[2, 3],
+        pooling=tuple(on_device[10:12]),
+        projection=(rows, pooled_rows, on_device[13]),
+        activation="relu",
+    )
+    assert isinstance(out, cl_array.Array) and out.events
+    assert not waits, f"the block waited on the host: {waits}"
+    monkeypatch.undo()
+    np.testing.assert_allclose(out.get(), expected, rtol=1e-6, atol=1e-6)
