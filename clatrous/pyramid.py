@@ -86,11 +86,12 @@ def branch_launch(
 
 
 def enqueue_branches(runtime: Runtime, launch: Launch, call: PreparedBranches, y, wait_for=(), share=False):
-    """Enqueue ``launch`` for ``call`` writing buffer ``y``: (the kernel's event, the events it waited for).
+    """Enqueue ``launch`` for ``call`` writing buffer ``y``: (the kernel's event, the buffers it reads).
 
     Device inputs are read in place after the events pending on them; host
     ones are copied (or, with ``share``, read in place by a CPU device: only
-    for a caller that waits for the kernel).
+    for a caller that holds the returned buffers until the kernel is done,
+    since a shared buffer may be an aligned copy that only they keep alive).
     """
     dtype = call.dtype
     x_buf, x_offset, waits = staging.input_buffer(runtime, call.x, dtype, share=share)
@@ -109,7 +110,7 @@ def enqueue_branches(runtime: Runtime, launch: Launch, call: PreparedBranches, y
     unused = MAX_BRANCHES - len(weights)
     # Unused weight arguments: any buffer (never read); unused biases: none.
     buffers = (x_buf, *weights, *[x_buf] * unused, *biases, *[None] * unused, y)
-    return launch.enqueue(runtime.queue, buffers, (x_offset,), waits), waits
+    return launch.enqueue(runtime.queue, buffers, (x_offset,), waits), buffers
 
 
 def aspp(
@@ -201,9 +202,12 @@ def _host_call(runtime: Runtime, launch: Launch, call: PreparedBranches, shape) 
     pending: list[cl.Event] = []
     try:
         pending = poison(queue, y_buf, dtype, result.nbytes, [])
-        event, _ = enqueue_branches(runtime, launch, call, y_buf, pending, share=True)
+        # ``buffers`` holds the aligned host copies the kernel reads in
+        # place until it is done (freed at once, they were read freed).
+        event, buffers = enqueue_branches(runtime, launch, call, y_buf, pending, share=True)
         pending = [event]
         staging.read_back(queue, result, y_buf, shared, pending)
+        del buffers
     except BaseException:
         # The kernel may be reading the caller's arrays: never leave before it is done.
         for event in pending:

@@ -301,3 +301,37 @@ def test_the_block_chains_on_the_device_without_waiting_on_the_host(monkeypatch)
     assert not waits, f"the block waited on the host: {waits}"
     monkeypatch.undo()
     np.testing.assert_allclose(out.get(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_host_copies_the_kernel_reads_in_place_live_until_it_is_done(monkeypatch):
+    """Large unaligned host kernels are copied into aligned memory a CPU device reads in place:
+    those copies must outlive the launch (freed at once, the kernel read freed memory: a crash at A1)."""
+    import weakref
+
+    from clatrous import staging
+
+    if not runtime.get_runtime().info.host_memory:
+        pytest.skip("the device does not read host memory in place")
+    copies, alive = [], []
+    real_copy, real_read = staging.aligned_copy, staging.read_back
+
+    def tracked_copy(value, dtype):
+        out = real_copy(value, dtype)
+        copies.append(weakref.ref(out))
+        return out
+
+    def checked_read(*args, **kwargs):
+        alive.append([ref() is not None for ref in copies])
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(staging, "aligned_copy", tracked_copy)
+    monkeypatch.setattr(staging, "read_back", checked_read)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 10, 12, 32)).astype(np.float32)
+    memory = np.empty(3 * 3 * 32 * 64 + 1, np.float32)  # 73 KB: shared, not copied into the buffer
+    kernel = memory[1:].reshape(3, 3, 32, 64)  # 4 bytes off any alignment: copied first
+    kernel[...] = rng.standard_normal(kernel.shape)
+    out = clatrous.aspp(x, [kernel, kernel[:, :, :, :32]], [2, 3])
+    assert copies, "no aligned copy was made: the test does not test anything"
+    assert alive and all(alive[0]), "an aligned copy was freed while the kernel could still read it"
+    assert_matches(out, x, [kernel, kernel[:, :, :, :32]], [2, 3])
