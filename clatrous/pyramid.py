@@ -1,15 +1,20 @@
-"""``aspp``: several atrous convolutions of one input in one pass (DeepLab's ASPP branches).
+"""``aspp``: several atrous convolutions of one input, each straight into its channel slice (DeepLab's ASPP).
 
 A call is :func:`clatrous.arguments.prepare_branches` (every check, each
-branch as ``conv2d`` checks it, no OpenCL yet), then one launch of
-``kernels/aspp.cl``: the work-items of every branch share one NDRange, so
-the branches read each input tile while it is in cache, skip the taps that
-fall wholly in the padding, and write straight into their channel slices of
-one result (no concatenation copy).
+branch as ``conv2d`` checks it, no OpenCL yet), then ``kernels/aspp.cl``,
+which skips the taps that fall wholly in the padding and writes each branch
+straight into its channel slice of one result (no concatenation copy).  How
+the branches share launches is a knob of the configuration, ``FUSE``: one
+launch for every branch (their work-items in one NDRange, reading each
+input tile while it is in cache: the shape a GPU wants, and the default
+there), or a launch per branch, chained by events (the default on a CPU,
+where one NDRange measured 6-7% slower than three on A1 and A2: the
+kernel is bound by its multiply-adds there, not by reading the input).
 
-:func:`enqueue_branches` is the launch alone, on device buffers, with the
-output's pixel width, where each slice starts and a per-image bias as
-parameters: :class:`clatrous.ASPP` builds its projection on it.
+:func:`branch_launches` and :func:`enqueue_branches` are the launches alone,
+on device buffers, with the output's pixel width, where each slice starts
+and a per-image bias as parameters: :func:`aspp_block` (DeepLab's whole
+block, :class:`clatrous.ASPP`) builds its projection on them.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from .launch import Launch, cached_launch
 from .runtime import Runtime
 from .variants import MAX_BRANCHES, Branch, aspp_local_bytes, aspp_plan, mean_plan
 
-__all__ = ["aspp", "aspp_block", "branch_launch", "enqueue_branches", "spatial_mean"]
+__all__ = ["aspp", "aspp_block", "branch_launches", "enqueue_branches", "spatial_mean"]
 
 
-def branch_launch(
+def branch_launches(
     runtime: Runtime,
     call: PreparedBranches,
     *,
@@ -42,14 +47,16 @@ def branch_launch(
     offsets: Sequence[int] | None = None,
     bias_stride: int = 0,
     config: dict | None = None,
-) -> Launch:
-    """The cached launch computing ``call``'s branches.
+) -> list[tuple[PreparedBranches, Launch]]:
+    """The cached launches computing ``call``'s branches, each with the part of ``call`` it computes.
 
     Into pixels of ``channels`` elements (default: all the branches'
     channels), branch ``i`` from channel ``offsets[i]`` on (default: one
     after the other); with ``bias_stride`` elements between the images' biases
     (0: one bias for the batch).  ``config`` forces a configuration of the
     kernel (the tests walk its space); by default :func:`clatrous.params.aspp_defaults`.
+    Its ``FUSE`` says whether one launch computes every branch (1) or each
+    branch has a launch of its own (0); either way each writes its slices.
     """
     couts = tuple(p.geometry.cout for p in call.branches)
     if offsets is None:
@@ -68,49 +75,64 @@ def branch_launch(
             f"aspp {config} needs {aspp_local_bytes(config, call.dtype)} bytes of local memory; "
             f"device {runtime.info.name!r} has {runtime.info.local_mem}"
         )
-    key = (
-        "aspp",
-        branches,
-        call.shape,
-        channels,
-        call.dtype,
-        call.activation,
-        bias_stride,
-        tuple(sorted(config.items())),
-    )
-    return cached_launch(
-        runtime,
-        key,
-        lambda: aspp_plan(branches, config, call.shape, channels, call.dtype, call.activation, bias_stride),
-    )
+    count = len(branches)
+    groups = [range(count)] if config.get("FUSE", 1) else [range(i, i + 1) for i in range(count)]
+    launches = []
+    for group in groups:
+        part = branches[group.start : group.stop]
+        key = (
+            "aspp",
+            part,
+            call.shape,
+            channels,
+            call.dtype,
+            call.activation,
+            bias_stride,
+            tuple(sorted(config.items())),
+        )
+        launch = cached_launch(
+            runtime,
+            key,
+            lambda part=part: aspp_plan(
+                part, config, call.shape, channels, call.dtype, call.activation, bias_stride
+            ),
+        )
+        launches.append((replace(call, branches=call.branches[group.start : group.stop]), launch))
+    return launches
 
 
-def enqueue_branches(runtime: Runtime, launch: Launch, call: PreparedBranches, y, wait_for=(), share=False):
-    """Enqueue ``launch`` for ``call`` writing buffer ``y``: (the kernel's event, the buffers it reads).
+def enqueue_branches(runtime: Runtime, launches, y, wait_for=(), share=False) -> tuple[list, list]:
+    """Enqueue ``launches`` (:func:`branch_launches`) writing buffer ``y``: (their events, the buffers read).
 
-    Device inputs are read in place after the events pending on them; host
-    ones are copied (or, with ``share``, read in place by a CPU device: only
-    for a caller that holds the returned buffers until the kernel is done,
-    since a shared buffer may be an aligned copy that only they keep alive).
+    Each waits for ``wait_for``; device inputs are read in place after the
+    events pending on them; host ones are copied (or, with ``share``, read
+    in place by a CPU device: only for a caller that holds the returned
+    buffers until the kernels are done, since a shared buffer may be an
+    aligned copy that only they keep alive).  The launches write disjoint
+    slices of ``y`` and may run in any order.
     """
-    dtype = call.dtype
-    x_buf, x_offset, waits = staging.input_buffer(runtime, call.x, dtype, share=share)
-    waits = [*wait_for, *waits]
-    weights, biases = [], []
-    for p in call.branches:
-        buf, more = staging.weight_buffer(runtime, p.kernel, dtype, share=share)
-        weights.append(buf)
-        waits += more
-        if p.bias is None:
-            biases.append(None)
-        else:
-            buf, more = staging.weight_buffer(runtime, p.bias, dtype, share=share)
-            biases.append(buf)
+    events, held = [], []
+    for call, launch in launches:
+        dtype = call.dtype
+        x_buf, x_offset, waits = staging.input_buffer(runtime, call.x, dtype, share=share)
+        waits = [*wait_for, *waits]
+        weights, biases = [], []
+        for p in call.branches:
+            buf, more = staging.weight_buffer(runtime, p.kernel, dtype, share=share)
+            weights.append(buf)
             waits += more
-    unused = MAX_BRANCHES - len(weights)
-    # Unused weight arguments: any buffer (never read); unused biases: none.
-    buffers = (x_buf, *weights, *[x_buf] * unused, *biases, *[None] * unused, y)
-    return launch.enqueue(runtime.queue, buffers, (x_offset,), waits), buffers
+            if p.bias is None:
+                biases.append(None)
+            else:
+                buf, more = staging.weight_buffer(runtime, p.bias, dtype, share=share)
+                biases.append(buf)
+                waits += more
+        unused = MAX_BRANCHES - len(weights)
+        # Unused weight arguments: any buffer (never read); unused biases: none.
+        buffers = (x_buf, *weights, *[x_buf] * unused, *biases, *[None] * unused, y)
+        events.append(launch.enqueue(runtime.queue, buffers, (x_offset,), waits))
+        held.append(buffers)
+    return events, held
 
 
 def aspp(
@@ -180,14 +202,14 @@ def aspp(
         return cl_array.empty(queue, shape, dtype) if on_device else np.empty(shape, dtype)
     _check_fits(runtime, call, shape)
     try:
-        launch = branch_launch(runtime, call)
+        launches = branch_launches(runtime, call)
         if on_device:
             result = cl_array.empty(queue, shape, dtype)
             waits = poison(queue, result.base_data, dtype, result.nbytes, [])
-            event, _ = enqueue_branches(runtime, launch, call, result.base_data, waits)
-            result.add_event(event)
+            events, _ = enqueue_branches(runtime, launches, result.base_data, waits)
+            result.events.extend(events)
             return result
-        return _host_call(runtime, launch, call, shape)
+        return _host_call(runtime, launches, shape)
     except cl.MemoryError as exc:
         raise DeviceMemoryError(
             f"the device {runtime.info.name!r} could not hold the branches of x {call.shape} "
@@ -195,21 +217,20 @@ def aspp(
         ) from None
 
 
-def _host_call(runtime: Runtime, launch: Launch, call: PreparedBranches, shape) -> np.ndarray:
-    """One launch on host arrays, read in place where possible; waits for the result."""
-    dtype, queue = call.dtype, runtime.queue
+def _host_call(runtime: Runtime, launches, shape) -> np.ndarray:
+    """The launches on host arrays, read in place where possible; waits for the result."""
+    dtype, queue = launches[0][0].dtype, runtime.queue
     result, y_buf, shared = staging.host_output(runtime, shape, dtype)
     pending: list[cl.Event] = []
     try:
         pending = poison(queue, y_buf, dtype, result.nbytes, [])
-        # ``buffers`` holds the aligned host copies the kernel reads in
-        # place until it is done (freed at once, they were read freed).
-        event, buffers = enqueue_branches(runtime, launch, call, y_buf, pending, share=True)
-        pending = [event]
+        # ``buffers`` holds the aligned host copies the kernels read in
+        # place until they are done (freed at once, they were read freed).
+        pending, buffers = enqueue_branches(runtime, launches, y_buf, pending, share=True)
         staging.read_back(queue, result, y_buf, shared, pending)
         del buffers
     except BaseException:
-        # The kernel may be reading the caller's arrays: never leave before it is done.
+        # The kernels may be reading the caller's arrays: never leave before they are done.
         for event in pending:
             event.wait()
         raise
@@ -259,9 +280,9 @@ def _into(runtime: Runtime, call: PreparedBranches, y: cl_array.Array, offsets, 
     wait on the host once it holds a dozen).
     """
     channels = y.shape[-1]
-    launch = branch_launch(runtime, call, channels=channels, offsets=offsets, bias_stride=bias_stride)
-    event, _ = enqueue_branches(runtime, launch, call, y.base_data, staging.pending_events(y))
-    y.events.append(event)
+    launches = branch_launches(runtime, call, channels=channels, offsets=offsets, bias_stride=bias_stride)
+    events, _ = enqueue_branches(runtime, launches, y.base_data, staging.pending_events(y))
+    y.events.extend(events)
 
 
 def aspp_block(

@@ -522,9 +522,11 @@ class Branch:
         return cls(g.kh, g.kw, g.dh, g.dw, g.pad_top, g.pad_left, g.cout, offset, has_bias)
 
 
-#: The fused kernel's space: the tiled kernel's blocks, CT = 0 for one tile without local memory.
+#: The fused kernel's space: the tiled kernel's blocks, CT = 0 for one tile without local
+#: memory, and FUSE: every branch in one launch (1) or a launch per branch (0).
 ASPP_PARAMETERS: Mapping[str, tuple[int, ...] | range] = MappingProxyType(
     {
+        "FUSE": (0, 1),
         "VW": _VW,
         "NV": (1, 2, 4),
         "PX": (1, 2, 4, 6, 8),
@@ -572,6 +574,7 @@ def aspp_plan(
         *(f"-D{k}={config[k]}" for k in ("VW", "NV", "PX", "CT", "NB", "RW")),
         f"-DNBR={len(branches)}",
         f"-DYC={channels}",
+        f"-DPXT={shape[2] % config['PX']}",  # the short last block of a row
     ]
     for i, b in enumerate(branches):
         values = (b.kh, b.kw, b.dh, b.dw, b.pad_top, b.pad_left, b.cout, b.offset, int(b.has_bias))

@@ -41,6 +41,9 @@
 #ifndef NBR
 #define NBR 1            // branches, 1 to 8
 #endif
+#ifndef PXT
+#define PXT 0            // W % PX: the pixels of a row's short last block, computed alone
+#endif
 #ifndef YC
 #define YC CO0           // channels of an output pixel
 #endif
@@ -63,6 +66,9 @@
 #endif
 #if NBR < 1 || NBR > 8
 #error "NBR must be from 1 to 8"
+#endif
+#if PXT < 0 || PXT >= PX
+#error "PXT must be W % PX, in [0, PX)"
 #endif
 
 #define BLOCKS(c) (((c) + VW * NV - 1) / (VW * NV))
@@ -134,8 +140,15 @@ static inline void branch(const int KROWS, const int KCOLS, const int DH, const 
                         for (int v = 0; v < NV; ++v) acc[p][v] = (realv)0;
                 }
                 const int ox0 = ox_first + b * PX;
-                accumulate(PX, KROWS, KCOLS, acc, x, w, cov, n, oy, ox0, ci0, ci1,
-                           H, W, CIN, COUT, 1, 1, DH, DW, PT, PL);
+                if (PXT > 0 && W - ox0 == PXT) {
+                    // The row's last PXT pixels, short of a whole block: no
+                    // work on pixels past W (as conv2d_tiled.cl).
+                    accumulate(PXT, KROWS, KCOLS, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                               H, W, CIN, COUT, 1, 1, DH, DW, PT, PL);
+                } else {
+                    accumulate(PX, KROWS, KCOLS, acc, x, w, cov, n, oy, ox0, ci0, ci1,
+                               H, W, CIN, COUT, 1, 1, DH, DW, PT, PL);
+                }
                 if (ci1 < CIN) {
 #if CT > 0
 #pragma unroll

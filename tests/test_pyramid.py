@@ -89,7 +89,8 @@ def configurations(couts, cin):
             for px, nb, rw, nv in ((1, 1, 1, 1), (2, 3, 2, 2), (4, 2, 3, 1), (6, 1, 4, 4)):
                 if (i + px) % 2 and ct == 0 and vw > 1:
                     continue  # thin the walk: every block shape is still seen with each CT
-                out.append({"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw})
+                fuse = (px + ct) % 2  # both ways of sharing launches, with every block shape
+                out.append({"FUSE": fuse, "VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw})
     return out
 
 
@@ -111,11 +112,12 @@ def test_every_configuration_matches_the_reference(dtype):
     if on_oclgrind():
         walk = walk[::5]
     for config in walk:
-        launch = pyramid.branch_launch(rt, call, config=config)
+        launches = pyramid.branch_launches(rt, call, config=config)
+        assert len(launches) == (1 if config["FUSE"] else 3)
         y = cl_array.empty(rt.queue, (2, 7, 9, sum(couts)), dtype)
         y.fill(np.nan)
-        event, _ = pyramid.enqueue_branches(rt, launch, call, y.base_data, y.events)
-        event.wait()
+        events, _ = pyramid.enqueue_branches(rt, launches, y.base_data, y.events)
+        cl.wait_for_events(events)
         try:
             assert_matches(y.get(), x, kernels, rates, biases, "tanh")
         except AssertionError as exc:
@@ -132,10 +134,10 @@ def test_slices_and_per_image_bias():
     call = prepare_branches(x, [kernel], [1], [per_image[0]], None)
     bias = cl_array.to_device(rt.queue, per_image)
     call = replace(call, branches=(replace(call.branches[0], bias=bias),))  # the per-image biases
-    launch = pyramid.branch_launch(rt, call, channels=24, offsets=[8], bias_stride=8)
+    launches = pyramid.branch_launches(rt, call, channels=24, offsets=[8], bias_stride=8)
     y = cl_array.to_device(rt.queue, np.full((3, 6, 5, 24), -7.0, np.float32))
-    event, _ = pyramid.enqueue_branches(rt, launch, call, y.base_data, y.events)
-    event.wait()
+    events, _ = pyramid.enqueue_branches(rt, launches, y.base_data, y.events)
+    cl.wait_for_events(events)
     out = y.get()
     expected = np.einsum("nhwc,cd->nhwd", x, kernel[0, 0]) + per_image[:, None, None, :]
     np.testing.assert_allclose(out[..., 8:16], expected, rtol=1e-5, atol=1e-5)
