@@ -853,10 +853,10 @@ class ASPP(_Layer):
 
     def _initial_kernels(self, rng, cin):
         weights = []
-        for shape in self._kernel_shapes(cin):
-            if len(shape) == 1:
+        for name, shape in zip(self.kernel_names, self._kernel_shapes(cin), strict=True):
+            if name.endswith("bias"):
                 weights.append(np.zeros(shape))
-            elif shape[-1] == 1:  # a depthwise kernel
+            elif name.endswith("depthwise_kernel"):
                 weights.append(_depthwise_glorot(rng, self.kernel_size, cin, 1))
             else:
                 taps = shape[0] * shape[1]

@@ -221,6 +221,22 @@ class TestASPPLayer:
             "projection_bias",
         )
 
+    @pytest.mark.parametrize("filters", [1, 3])
+    @pytest.mark.parametrize("separable", [False, True])
+    def test_built_weights_have_the_documented_shapes(self, filters, separable):
+        # filters=1 once built its 1x1 kernels as depthwise 3x3 ones (told apart by shape).
+        layer = clatrous.ASPP(filters, rates=(2, 3), separable=separable)
+        layer.build((1, 6, 6, 4))
+        shapes = dict(zip(layer.weight_names, (w.shape for w in layer.get_weights()), strict=True))
+        assert shapes["conv1x1_kernel"] == shapes["pooling_kernel"] == (1, 1, 4, filters)
+        assert shapes["projection_kernel"] == (1, 1, 4 * filters, filters)
+        if separable:
+            assert shapes["atrous1_depthwise_kernel"] == (3, 3, 4, 1)
+            assert shapes["atrous1_pointwise_kernel"] == (1, 1, 4, filters)
+        else:
+            assert shapes["atrous1_kernel"] == (3, 3, 4, filters)
+        layer.set_weights(layer.get_weights())  # the built weights load back
+
     @pytest.mark.parametrize(
         ("make", "error", "words"),
         [
