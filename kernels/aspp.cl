@@ -79,28 +79,6 @@
 #define TILE 0x7fffffff  // one tile: every input channel
 #endif
 
-// store_block of blocked.h with the bias read when HB (a constant at each
-// call: branches differ in whether they have one).
-__attribute__((always_inline))
-static inline void store_branch(const int HB, realv acc[PX][NV], __global REAL *yrow,
-                                const __global REAL *bias, const int ox0, const int co0,
-                                const int W, const int COUT)
-{
-#pragma unroll
-    for (int p = 0; p < PX; ++p) {
-        const int ox = ox0 + p;
-        if (ox >= W) break;
-#pragma unroll
-        for (int v = 0; v < NV; ++v) {
-            const int co = co0 + v * VW;
-            if (co >= COUT) break;
-            realv value = acc[p][v];
-            if (HB) value += VLOAD(bias + co);
-            VSTORE(yrow + (long)ox * YC + co, ACTIVATE(value));
-        }
-    }
-}
-
 // One branch's work-item: channels [co0, co0 + VW*NV) of the branch, rows
 // [oy_first, oy_first + RW) of image n, pixels from ox_first.  KROWS and
 // KCOLS are constants at every call (one call per branch), so the tap loops
@@ -157,7 +135,7 @@ static inline void branch(const int KROWS, const int KCOLS, const int DH, const 
                         for (int v = 0; v < NV; ++v) sums[p][v] = acc[p][v];
 #endif
                 } else {
-                    store_branch(HB, acc, y + ((long)n * H + oy) * W * YC, bias, ox0, co0, W, COUT);
+                    store_block(HB, acc, y + ((long)n * H + oy) * W * YC, bias, ox0, co0, W, COUT, YC);
                 }
             }
         }

@@ -131,11 +131,13 @@ static inline void accumulate(const int NPX, const int KROWS, const int KCOLS,
 // Writes the block of PX pixels from output column ox0 and VW*NV channels
 // from co0 into the output row yrow, whose pixels are ystride elements apart
 // (COUT, except where a branch of aspp.cl writes its slice of wider
-// pixels), with bias and activation; pixels past WO and channels past COUT
-// (a last, partial block) are not written.
-static inline void store_block(realv acc[PX][NV], __global REAL *yrow, const __global REAL *bias,
-                               const int ox0, const int co0, const int WO, const int COUT,
-                               const int ystride)
+// pixels), adding the bias when HB (a constant at every call: HAS_BIAS, or
+// an aspp.cl branch's own), then the activation; pixels past WO and
+// channels past COUT (a last, partial block) are not written.
+__attribute__((always_inline))
+static inline void store_block(const int HB, realv acc[PX][NV], __global REAL *yrow,
+                               const __global REAL *bias, const int ox0, const int co0,
+                               const int WO, const int COUT, const int ystride)
 {
 #pragma unroll
     for (int p = 0; p < PX; ++p) {
@@ -146,9 +148,7 @@ static inline void store_block(realv acc[PX][NV], __global REAL *yrow, const __g
             const int co = co0 + v * VW;
             if (co >= COUT) break;
             realv value = acc[p][v];
-#if HAS_BIAS
-            value += VLOAD(bias + co);
-#endif
+            if (HB) value += VLOAD(bias + co);
             VSTORE(yrow + (long)ox * ystride + co, ACTIVATE(value));
         }
     }

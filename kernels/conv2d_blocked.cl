@@ -46,5 +46,5 @@ __kernel void conv2d_blocked(__global const REAL *restrict x,
 
     accumulate(PX, KH, KW, acc, x, w, cov, n, oy, ox0, 0, CIN, H, W, CIN, COUT, SH, SW, DH, DW, PT, PL);
 
-    store_block(acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT, COUT);
+    store_block(HAS_BIAS, acc, y + (long)row * WO * COUT, bias, ox0, co0, WO, COUT, COUT);
 }

@@ -98,7 +98,7 @@ __kernel void conv2d_tiled(__global const REAL *restrict x,
 #pragma unroll
                         for (int v = 0; v < NV; ++v) sums[p][v] = acc[p][v];
                 } else {
-                    store_block(acc, y + ((long)n * HO + oy) * WO * COUT, bias,
+                    store_block(HAS_BIAS, acc, y + ((long)n * HO + oy) * WO * COUT, bias,
                                 ox0, co0, WO, COUT, COUT);
                 }
             }
