@@ -12,9 +12,11 @@ process makes its OpenCL context and queue once (``clatrous.runtime``
 keeps them) and reuses them for every block.
 
 How a block is exact (the convolutions): along each spatial axis, an
-output belongs to the block that holds its first tap, and the block reads
-its own elements and a halo of ``d * (k - 1)`` after them (dask's
-``overlap`` with ``boundary="none"``).  Under ``padding_mode="zeros"`` the
+output belongs to the block that holds its tap ``c = min(pad before, d * (k
+- 1))`` from the first (so a stride-1 "same" or "causal" result is chunked
+as the input), and the block reads its own elements with a halo of ``c``
+before and ``d * (k - 1) - c`` after them (dask's ``overlap`` with
+``boundary="none"``).  Under ``padding_mode="zeros"`` the
 blocks at the edges of the image get the call's own padding there, so a
 padded tap is skipped exactly as in one piece; under the other modes the
 image is first padded along each axis as ``np.pad`` pads it, at any width,
@@ -76,16 +78,16 @@ def _pad_axis(x: da.Array, axis: int, before: int, after: int, mode: str) -> da.
     return da.concatenate(parts, axis=axis)
 
 
-def _owned(bounds: list[tuple[int, int]], s: int, pad: int, count: int) -> list[tuple[int, int]]:
-    """For each block ``[a, b)`` of an axis, the outputs ``[o0, o1)`` whose first tap it holds.
+def _owned(bounds: list[tuple[int, int]], s: int, shift: int, count: int) -> list[tuple[int, int]]:
+    """For each block ``[a, b)`` of an axis, the outputs ``[o0, o1)`` whose anchor tap it holds.
 
-    Output ``o``'s first tap is at ``o * s - pad``; the first block also owns
-    the outputs whose first tap lies before the axis, the last those after it.
+    Output ``o``'s anchor is at ``o * s - shift``; the first block also owns
+    the outputs anchored before the axis, the last those anchored after it.
     """
     owned = []
     for j, (a, b) in enumerate(bounds):
-        o0 = 0 if j == 0 else min(count, max(0, -(-(a + pad) // s)))
-        o1 = count if j == len(bounds) - 1 else min(count, max(0, -(-(b + pad) // s)))
+        o0 = 0 if j == 0 else min(count, max(0, -(-(a + shift) // s)))
+        o1 = count if j == len(bounds) - 1 else min(count, max(0, -(-(b + shift) // s)))
         owned.append((o0, max(o0, o1)))
     return owned
 
@@ -119,7 +121,7 @@ def _convolve(function, x, kernel, bias, *, ndim, strides, padding, dilation_rat
     kw = dict(call, strides=strides, dilation_rate=dilation_rate)
     prepare_kw = {k: v for k, v in kw.items() if k in ("strides", "dilation_rate", "activation", "groups")}
     if depthwise:
-        prepare(probe, kernel.reshape(shape_kernel), None, padding="valid", ndim=2, **{
+        prepare(probe, kernel.reshape(shape_kernel), bias, padding="valid", ndim=2, **{
             **prepare_kw, "groups": groups})  # fmt: skip
     else:
         prepare(probe, kernel, bias, padding="valid", ndim=ndim, **prepare_kw)
@@ -134,30 +136,45 @@ def _convolve(function, x, kernel, bias, *, ndim, strides, padding, dilation_rat
     if x.dtype != dtype:
         x = x.astype(dtype)
     x = x.rechunk({x.ndim - 1: -1})  # every input channel in each block
+    # Output o belongs to the block holding its tap at c = min(pad before,
+    # d * (k - 1)) from its first: a stride-1 "same" or "causal" result is
+    # then chunked as x, and the halo is c before and d * (k - 1) - c after.
+    anchors = [min(before, tap) for (before, _), tap in zip(pads, taps, strict=True)]
     if mode != "zeros":  # the border as np.pad makes it, then "valid" blocks
         for axis, (before, after) in zip(spatial, pads, strict=True):
+            chunks = list(x.chunks[axis])
             x = _pad_axis(x, axis, before, after, mode)
+            chunks[0] += before
+            chunks[-1] += after
+            x = x.rechunk({axis: tuple(chunks)})  # the slabs in the edge blocks: blocks as x's
         sizes = [n + a + b for n, (a, b) in zip(sizes, pads, strict=True)]
         pads = [(0, 0)] * ndim
     # Chunks shorter than the halo merged with a neighbour first (dask's
     # overlap would rechunk them itself, under the plans below).
+    halos = [(c, tap - c) for c, tap in zip(anchors, taps, strict=True)]
     x = x.rechunk(
-        {axis: tuple(_at_least(x.chunks[axis], tap)) for axis, tap in zip(spatial, taps, strict=True)}
+        {axis: tuple(_at_least(x.chunks[axis], max(h))) for axis, h in zip(spatial, halos, strict=True)}
     )
-    depth = {axis: (0, tap) for axis, tap in zip(spatial, taps, strict=True)}
+    depth = dict(zip(spatial, halos, strict=True))
     extended = da.overlap.overlap(x, depth=depth, boundary={axis: "none" for axis in spatial})
-    # Per spatial axis and block: (outputs [o0, o1), first input read, local pads).
+    # Per spatial axis and block: (outputs, the window read in the extended
+    # block [start, stop), the local pads before and after).
     plans = []
-    for axis, n, s, tap, (before, _), count in zip(spatial, sizes, steps, taps, pads, outs, strict=True):
+    for axis, n, s, tap, c, (before, _), count in zip(
+        spatial, sizes, steps, taps, anchors, pads, outs, strict=True
+    ):
         bounds = _bounds(x.chunks[axis])
         axis_plans = []
-        for (a, _b), (o0, o1) in zip(bounds, _owned(bounds, s, before, count), strict=True):
+        for j, ((a, _b), (o0, o1)) in enumerate(
+            zip(bounds, _owned(bounds, s, before - c, count), strict=True)
+        ):
             if o1 == o0:
                 axis_plans.append((0, 0, 0, 0, 0))
                 continue
             first, last = o0 * s - before, (o1 - 1) * s - before + tap + 1  # [first, last) in the input
             lo, hi = max(first, 0), min(last, n)
-            axis_plans.append((o1 - o0, lo - a, hi - a, lo - first, last - hi))
+            start = a - c if j else a  # where the extended block begins (no halo before the first)
+            axis_plans.append((o1 - o0, lo - start, hi - start, lo - first, last - hi))
         plans.append(axis_plans)
     cout = shape_kernel[-1]
 
@@ -188,7 +205,9 @@ def conv2d(x, kernel, bias=None, *, strides=1, padding="valid", dilation_rate=1,
 
     Returns a lazy ``dask.array.Array`` of the in-memory result's shape,
     chunked as ``x`` along the batch and, along the rows and columns, by the
-    outputs whose first tap each block of ``x`` holds.  Arguments as for
+    outputs whose anchor tap each block of ``x`` holds (as ``x`` for a
+    stride-1 "same" convolution, once any chunk shorter than the halo is
+    merged with a neighbour).  Arguments as for
     :func:`clatrous.conv2d` (channels last; ``device`` is each worker's
     default, so it is not taken here: see :func:`cluster`).
 

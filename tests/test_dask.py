@@ -211,3 +211,19 @@ def test_bad_input_is_refused_when_the_graph_is_built(no_opencl, call, error, wo
         call()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_same_result_keeps_the_input_chunks(mode):
+    """Stride 1 and "same" (or causal): each block's outputs are its own pixels, ready for the same store."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 50, 44, 2)).astype(np.float32)
+    kernel = rng.standard_normal((3, 5, 2, 3)).astype(np.float32)
+    lazy_x = da.from_array(x, chunks=(1, 17, 12, 2))  # no chunk shorter than a halo (4 rows, 6 columns)
+    lazy = cd.conv2d(lazy_x, kernel, padding="same", dilation_rate=(4, 3), padding_mode=mode)
+    assert lazy.chunks[1:3] == lazy_x.chunks[1:3]
+    expected = clatrous.conv2d(x, kernel, padding="same", dilation_rate=(4, 3), padding_mode=mode)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-5)
+    signal = da.from_array(x[:, :, 0, :], chunks=(1, 25, 2))
+    causal = cd.conv1d(signal, kernel[0], padding="causal", dilation_rate=5)  # a halo of 20 before
+    assert causal.chunks[1] == signal.chunks[1]
