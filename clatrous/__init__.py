@@ -11,6 +11,8 @@ The public names:
 - :func:`starlet`, :func:`istarlet`: the starlet wavelet transform (the
   original algorithme à trous) and its inverse, every scale on the device.
 - :func:`dilate`: zero-insertion of a kernel, as the lecture notebook shows it.
+- :mod:`clatrous.dask` (``pip install clatrous[dask]``, imported on its own): the
+  operations on dask arrays, block by block with exact halos, and a cluster per device.
 - :mod:`clatrous.reference`: the NumPy oracle with the same signatures.
 - :mod:`clatrous.params`: which kernel configuration runs (``params.forced``),
   and the tuning database that ``python -m clatrous tune`` fills.
