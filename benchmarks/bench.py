@@ -607,6 +607,23 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def run_header(rt, extra: str = "") -> str:
+    """The device, machine and versions of a run, as the scripts print and record them."""
+    return (
+        f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
+        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}\n"
+        f"versions: Python {platform.python_version()}, {versions()}{', ' + extra if extra else ''}"
+    )
+
+
+def append_record(path: str, title: str, header: str, body: str) -> None:
+    """Append a run (its title stamped with the time, its header, its tables) to a Markdown file."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n## {title}, {stamp}\n\n```\n{header}\n```\n\n{body}\n")
+    print(f"appended to {path}")
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -22,11 +22,8 @@ Every clatrous result is checked against PyTorch's first.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,15 +168,10 @@ def main(argv=None) -> int:
     try:
         import torch
 
-        torch_version = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        torch_threads = f"torch threads {torch.get_num_threads()}"  # (its version: bench.versions)
     except ImportError:
-        torch_version = "torch not installed"
-    header = (
-        f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
-        f"machine: {bench.cpu_name()}, {os.cpu_count()} logical CPUs, "
-        f"{platform.system()} {platform.release()}\n"
-        f"versions: Python {platform.python_version()}, {bench.versions()}, {torch_version}"
-    )
+        torch_threads = "torch not installed"
+    header = bench.run_header(rt, torch_threads)
     print(header)
     tables = []
     for name in args.rows.split(","):
@@ -187,10 +179,7 @@ def main(argv=None) -> int:
         print("\n".join(lines), "\n", flush=True)
         tables.append("\n".join(lines))
     if args.record:
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        with open(args.record, "a", encoding="utf-8") as f:
-            f.write(f"\n## ASPP {args.rows}, {stamp}\n\n```\n{header}\n```\n\n" + "\n\n".join(tables) + "\n")
-        print(f"appended to {args.record}")
+        bench.append_record(args.record, f"ASPP {args.rows}", header, "\n\n".join(tables))
     return 0
 
 

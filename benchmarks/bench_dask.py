@@ -22,8 +22,6 @@ every result is checked against the in-memory one first.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -77,13 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rt = runtime.get_runtime()
     spec = cd._device_spec(rt.device)
-    header = (
-        f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
-        f"machine: {bench.cpu_name()}, {os.cpu_count()} logical CPUs, "
-        f"{platform.system()} {platform.release()}\n"
-        f"versions: Python {platform.python_version()}, {bench.versions()}, dask {dask.__version__}, "
-        f"distributed {distributed.__version__}"
-    )
+    header = bench.run_header(rt, f"dask {dask.__version__}, distributed {distributed.__version__}")
     print(header)
     lazy = _image(args.size, args.chunk)
     with dask.config.set(scheduler="threads"):
@@ -132,10 +124,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        with open(args.record, "a", encoding="utf-8") as f:
-            f.write(f"\n## Dask G1, {stamp}\n\n```\n{header}\n```\n\n{table}\n")
-        print(f"appended to {args.record}")
+        bench.append_record(args.record, "Dask G1", header, table)
     return 0
 
 

@@ -19,11 +19,8 @@ the device's copy rate.  Every result is checked against the SciPy one first.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rt = runtime.get_runtime()
-    header = (
-        f"device: {rt.info.platform} | {rt.info.name} | driver {rt.info.driver}\n"
-        f"machine: {bench.cpu_name()}, {os.cpu_count()} logical CPUs, "
-        f"{platform.system()} {platform.release()}\n"
-        f"versions: Python {platform.python_version()}, {bench.versions()}, "
-        f"scipy {__import__('scipy').__version__}"
-    )
+    header = bench.run_header(rt, f"scipy {__import__('scipy').__version__}")
     print(header)
     bandwidth = bench.copy_bandwidth(rt)
     image = np.random.default_rng(0).standard_normal((args.size, args.size)).astype(np.float32)
@@ -107,10 +98,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.record:
-        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        with open(args.record, "a", encoding="utf-8") as f:
-            f.write(f"\n## Starlet S1, {stamp}\n\n```\n{header}\n```\n\n{table}\n")
-        print(f"appended to {args.record}")
+        bench.append_record(args.record, "Starlet S1", header, table)
     return 0
 
 
