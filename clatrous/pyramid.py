@@ -112,6 +112,18 @@ def enqueue_branches(runtime: Runtime, launches, y, wait_for=(), share=False) ->
     slices of ``y`` and may run in any order.
     """
     events, held = [], []
+    try:
+        _enqueue_each(runtime, launches, y, wait_for, share, events, held)
+    except BaseException:
+        # A later launch failed: the earlier ones may be reading the caller's
+        # (shared) arrays, so none is left running when the error leaves.
+        for event in events:
+            event.wait()
+        raise
+    return events, held
+
+
+def _enqueue_each(runtime: Runtime, launches, y, wait_for, share, events: list, held: list) -> None:
     for call, launch in launches:
         dtype = call.dtype
         x_buf, x_offset, waits = staging.input_buffer(runtime, call.x, dtype, share=share)
@@ -132,7 +144,6 @@ def enqueue_branches(runtime: Runtime, launches, y, wait_for=(), share=False) ->
         buffers = (x_buf, *weights, *[x_buf] * unused, *biases, *[None] * unused, y)
         events.append(launch.enqueue(runtime.queue, buffers, (x_offset,), waits))
         held.append(buffers)
-    return events, held
 
 
 def aspp(

@@ -347,3 +347,54 @@ def test_host_copies_the_kernel_reads_in_place_live_until_it_is_done(monkeypatch
     assert copies, "no aligned copy was made: the test does not test anything"
     assert alive and all(alive[0]), "an aligned copy was freed while the kernel could still read it"
     assert_matches(out, x, [kernel, kernel[:, :, :, :32]], [2, 3])
+
+
+def test_a_problem_past_the_device_is_refused_before_any_allocation(no_opencl_buffers):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((1, 16, 16, 8)).astype(np.float32)
+    kernels = [rng.standard_normal((3, 3, 8, 8)).astype(np.float32)] * 2
+    before = runtime.settings.max_alloc_bytes
+    runtime.settings.max_alloc_bytes = 4096  # x alone is 8 KiB
+    try:
+        with pytest.raises(clatrous.DeviceMemoryError, match="not split"):
+            clatrous.aspp(x, kernels, [1, 2])
+    finally:
+        runtime.settings.max_alloc_bytes = before
+
+
+@pytest.fixture
+def no_opencl_buffers(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a buffer was made for a problem the device cannot hold")
+
+    monkeypatch.setattr(cl, "Buffer", refuse)
+
+
+def test_a_failed_launch_leaves_none_of_the_earlier_ones_running(monkeypatch):
+    """The second branch's launch fails: the first, which may read the caller's arrays, is waited for."""
+    from clatrous.launch import Launch
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 9, 9, 4)).astype(np.float32)
+    kernels = [rng.standard_normal((3, 3, 4, 4)).astype(np.float32)] * 3
+    rt = runtime.get_runtime()
+    call = prepare_branches(x, kernels, [1, 2, 3], None, None)
+    config = dict(pyramid.params.aspp_defaults(rt.info, call.branches[0].geometry, (4, 4, 4), np.float32))
+    launches = pyramid.branch_launches(rt, call, config=dict(config, FUSE=0))
+    real, made = Launch.enqueue, []
+
+    def second_fails(self, *args, **kwargs):
+        if made:
+            raise cl.MemoryError(
+                "clEnqueueNDRangeKernel", cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, "test"
+            )
+        made.append(real(self, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(Launch, "enqueue", second_fails)
+    waited, real_wait = [], cl.Event.wait
+    monkeypatch.setattr(cl.Event, "wait", lambda self: waited.append(self) or real_wait(self))
+    y = cl_array.empty(rt.queue, (1, 9, 9, 12), np.float32)
+    with pytest.raises(cl.MemoryError):
+        pyramid.enqueue_branches(rt, launches, y.base_data)
+    assert made and made[0] in waited, "the first launch was left running"
