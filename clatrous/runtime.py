@@ -8,8 +8,8 @@ source, options and device, so a new process skips the compiler.
 
 Device choice, in order: the ``device=`` argument (a ``pyopencl`` Device,
 Context or CommandQueue), the ``CLATROUS_DEVICE`` environment variable (a
-case-insensitive substring of a platform or device name, or
-``platform:device`` indices), PyOpenCL's own ``PYOPENCL_CTX`` (read as
+case-insensitive substring of a platform's or a device's name, vendor or
+version, platforms first; or ``platform:device`` indices), PyOpenCL's own ``PYOPENCL_CTX`` (read as
 ``pyopencl.create_some_context`` reads it: ``platform:device``, each an
 index or a name substring; the first device named), else the first GPU, the
 first CPU, then any device, skipping devices whose compiler cannot build a
@@ -189,26 +189,27 @@ def list_devices() -> list[tuple[int, int, cl.Platform, cl.Device]]:
     return found
 
 
-def _names(platform: cl.Platform, device: cl.Device) -> tuple[str, ...]:
-    """What a name in ``CLATROUS_DEVICE`` is matched against, case-insensitively.
+def _names(platform: cl.Platform, device: cl.Device) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a name in ``CLATROUS_DEVICE`` is matched against (casefolded): (the platform's, the device's).
 
-    Besides the platform and device names, the vendors and the platform's
-    version string, which is where most drivers give their short name (PoCL's
-    platform is "Portable Computing Language", its version "OpenCL 3.0 PoCL 3.1").
+    The platform's name, vendor and version string (which is where most
+    drivers give their short name: PoCL's platform is "Portable Computing
+    Language", its version "OpenCL 3.0 PoCL 3.1"), then the device's name
+    and vendor.
     """
-    texts = []
-    for read in (
-        lambda: platform.name,
-        lambda: device.name,
-        lambda: platform.vendor,
-        lambda: device.vendor,
-        lambda: platform.version,
+    groups = []
+    for reads in (
+        (lambda: platform.name, lambda: platform.vendor, lambda: platform.version),
+        (lambda: device.name, lambda: device.vendor),
     ):
-        try:
-            texts.append(read().casefold())
-        except cl.Error:  # a driver may refuse a query; match on the others
-            continue
-    return tuple(texts)
+        texts = []
+        for read in reads:
+            try:
+                texts.append(read().casefold())
+            except cl.Error:  # a driver may refuse a query; match on the others
+                continue
+        groups.append(tuple(texts))
+    return groups[0], groups[1]
 
 
 def _echo(text: str, limit: int = 80) -> str:
@@ -220,13 +221,19 @@ def find_device(spec: str) -> cl.Device:
     devices = list_devices()
     text = spec.strip()
     match = re.fullmatch(r"(\d+):(\d+)", text)
-    wanted = text.casefold()
-    for pi, di, platform, device in devices:
-        if match:
+    if match:
+        for pi, di, _, device in devices:
             if (pi, di) == (int(match.group(1)), int(match.group(2))):
                 return device
-        elif wanted and any(wanted in name for name in _names(platform, device)):
-            return device
+    elif wanted := text.casefold():
+        # A platform that matches wins over a device that does: on an Intel
+        # CPU, "Intel" is Intel's runtime, not PoCL's "pthread-...-Intel(R)
+        # Xeon(R)" device (which "pthread" or "pocl" name).
+        names = [(_names(platform, device), device) for _, _, platform, device in devices]
+        for level in (0, 1):
+            for texts, device in names:
+                if any(wanted in t for t in texts[level]):
+                    return device
     raise DeviceNotFoundError(
         f"no OpenCL device matches {ENV_DEVICE}={_echo(spec)}; available: {_listing(devices)}"
     )

@@ -94,6 +94,27 @@ def test_drivers_are_found_by_their_short_names(monkeypatch, fresh_default):
     assert runtime.default_device().platform.name == "Portable Computing Language"
 
 
+class _Named:
+    def __init__(self, name, vendor, version=""):
+        self.name, self.vendor, self.version = name, vendor, version
+
+
+def test_a_platform_that_matches_wins_over_a_device_name_that_does(monkeypatch):
+    # On an Intel CPU, PoCL's device is "pthread-...-Intel(R) Xeon(R)": with
+    # both drivers registered, CLATROUS_DEVICE=Intel chose PoCL.
+    pocl = _Named("Portable Computing Language", "The pocl project", "OpenCL 3.0 PoCL 3.1")
+    intel = _Named("Intel(R) OpenCL", "Intel(R) Corporation", "OpenCL 3.0 LINUX")
+    on_pocl = _Named("pthread-skylake-avx512-Intel(R) Xeon(R) Processor", "GenuineIntel")
+    on_intel = _Named("Intel(R) Xeon(R) Processor", "Intel(R) Corporation")
+    listing = [(0, 0, pocl, on_pocl), (1, 0, intel, on_intel)]
+    monkeypatch.setattr(runtime, "list_devices", lambda: listing)
+    assert runtime.find_device("Intel") is on_intel
+    assert runtime.find_device("pocl") is on_pocl
+    assert runtime.find_device("pthread") is on_pocl
+    assert runtime.find_device("xeon") is on_pocl  # only devices match: the first
+    assert runtime.find_device("1:0") is on_intel
+
+
 def test_a_long_device_name_is_not_echoed_whole(monkeypatch, fresh_default):
     monkeypatch.setenv("CLATROUS_DEVICE", "x" * 100_000)
     with pytest.raises(DeviceNotFoundError) as info:
