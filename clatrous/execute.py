@@ -104,7 +104,9 @@ def enqueue(
         b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=False)
         waits += more
     if out is None:
-        result = launch.device_result(queue, out_shape, dtype)
+        result = launch.small_result(queue, out_shape, dtype)
+        if result is None:
+            result = staging.device_empty(runtime, out_shape, dtype)
     else:
         result = out
         waits += staging.pending_events(out)  # earlier readers and writers of out first

@@ -13,6 +13,7 @@ nothing and allocates only its inputs and output.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -30,7 +31,7 @@ __all__ = ["MAX_LAUNCHES", "SMALL_RESULT_BYTES", "Launch", "cached_launch", "for
 #: Launches kept per queue, least recently used first out.
 MAX_LAUNCHES = 256
 #: A device result up to this size is made like a small array the launch
-#: keeps (see :meth:`Launch.device_result`).
+#: keeps (see :meth:`Launch.small_result`).
 SMALL_RESULT_BYTES = 64 * 1024
 
 _INT_MAX = 2**31 - 1
@@ -61,21 +62,20 @@ class Launch:
         self.lock = threading.Lock()
         self.result_like = None
 
-    def device_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
-        """A new device Array for a result.
+    def small_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
+        """A new device Array for a result up to :data:`SMALL_RESULT_BYTES`; None for a larger one.
 
         PyOpenCL's ``empty`` spends about 9 us checking the shape, while
         ``empty_like`` of a kept array of that shape takes about 1 us: a tenth
-        of a small call's time (W1).  Only a small result keeps such a
-        template, so a launch holds at most :data:`SMALL_RESULT_BYTES` of device memory.
+        of a small call's time (W1).  So a launch keeps one small template,
+        never more than :data:`SMALL_RESULT_BYTES` of device memory.
         """
         like = self.result_like
-        if like is not None and like.queue is queue and like.shape == shape and like.dtype == dtype:
-            return cl_array.empty_like(like)
-        result = cl_array.empty(queue, shape, dtype)
-        if result.nbytes <= SMALL_RESULT_BYTES:
-            self.result_like = cl_array.empty(queue, shape, dtype)
-        return result
+        if like is None or like.queue is not queue or like.shape != shape or like.dtype != dtype:
+            if math.prod(shape) * dtype.itemsize > SMALL_RESULT_BYTES:
+                return None
+            like = self.result_like = cl_array.empty(queue, shape, dtype)
+        return cl_array.empty_like(like)
 
     def enqueue(self, queue: cl.CommandQueue, buffers, offsets=(), wait_for=None) -> cl.Event:
         """Set the buffers (in the plan's order) and offsets, and enqueue the kernel after ``wait_for``."""

@@ -215,7 +215,7 @@ def aspp(
     try:
         launches = branch_launches(runtime, call)
         if on_device:
-            result = cl_array.empty(queue, shape, dtype)
+            result = staging.device_empty(runtime, shape, dtype)
             waits = poison(queue, result.base_data, dtype, result.nbytes, [])
             events, _ = enqueue_branches(runtime, launches, result.base_data, waits)
             result.events.extend(events)
@@ -330,7 +330,7 @@ def aspp_block(
     n, h, w, _ = x.shape
     features = pointwise[0].shape[-1]
     dtype, queue = x.dtype, runtime.queue
-    concat = cl_array.empty(queue, (n, h, w, features * (1 + len(rates))), dtype)
+    concat = staging.device_empty(runtime, (n, h, w, features * (1 + len(rates))), dtype)
     concat.events.extend(poison(queue, concat.base_data, dtype, concat.nbytes, []))
     if all(len(branch) == 2 for branch in atrous):  # dense: one launch for every branch
         kernels = [pointwise[0], *(branch[0] for branch in atrous)]
@@ -351,7 +351,7 @@ def aspp_block(
         bias_stride = features
     call = prepare_branches(concat, [rows], [1], [projection[2]], activation)
     call = replace(call, branches=(replace(call.branches[0], bias=bias),))
-    result = cl_array.empty(queue, (n, h, w, features), dtype)
+    result = staging.device_empty(runtime, (n, h, w, features), dtype)
     result.events.extend(poison(queue, result.base_data, dtype, result.nbytes, []))
     _into(runtime, call, result, [0], bias_stride)
     return result

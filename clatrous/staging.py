@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+import mmap
+import sys
 
 import numpy as np
 import pyopencl as cl
+import pyopencl.array as cl_array
 
 from .arguments import is_device_array
 from .runtime import Runtime
@@ -27,6 +30,7 @@ __all__ = [
     "SMALL_BYTES",
     "aligned_copy",
     "aligned_empty",
+    "device_empty",
     "host_output",
     "input_buffer",
     "pending_events",
@@ -43,6 +47,16 @@ ALIGN = 128
 # sharing and mapping a buffer costs about 15 us more per call than copying a
 # few kilobytes (W1, the notebook's 4x4 matrix, is all launch overhead).
 SMALL_BYTES = 64 * 1024
+# A new device result of at least this size, on a device that computes in
+# host memory, is advised as huge pages (see :func:`device_empty`); NumPy's
+# own threshold for that is 4 MiB too.
+HOST_BACKED_BYTES = 4 * 1024 * 1024
+_PAGE = mmap.PAGESIZE
+_MADV_HUGEPAGE = 14  # Linux only; elsewhere there is no madvise to call
+_MADVISE = None
+if sys.platform.startswith("linux"):
+    _MADVISE = ctypes.CDLL(None).madvise
+    _MADVISE.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -62,6 +76,40 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     raw = np.empty(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def device_empty(runtime: Runtime, shape: tuple[int, ...], dtype) -> cl_array.Array:
+    """A new, uninitialised device Array for a result on ``runtime``'s queue.
+
+    On a device that computes in host memory (a CPU), a large result's pages
+    are advised to the kernel as huge pages (``madvise(MADV_HUGEPAGE)``, as
+    NumPy does for its own large arrays) before anything touches them: PoCL
+    and Intel's runtime do not ask for them, and the kernel's first write to
+    each fresh 4 KiB page faults.  D1's 128 MiB result, measured here: 50 ms
+    a call without, 32 ms with (both drivers).  The buffer stays the
+    driver's (mapped once to learn its address, then unmapped), so its
+    lifetime is the driver's business; a wrapper around host memory of ours
+    would be freed by Python while a queued kernel still reads it.
+    """
+    dtype = np.dtype(dtype)
+    result = cl_array.empty(runtime.queue, shape, dtype)
+    if runtime.info.host_memory and result.nbytes >= HOST_BACKED_BYTES and _MADVISE is not None:
+        mapped, _ = cl.enqueue_map_buffer(
+            runtime.queue,
+            result.base_data,
+            cl.map_flags.WRITE_INVALIDATE_REGION,
+            0,
+            (result.nbytes,),
+            np.uint8,
+            is_blocking=True,
+        )
+        try:
+            start = -(-mapped.ctypes.data // _PAGE) * _PAGE
+            end = (mapped.ctypes.data + result.nbytes) // _PAGE * _PAGE
+            _MADVISE(start, end - start, _MADV_HUGEPAGE)  # a hint: an error changes nothing
+        finally:
+            mapped.base.release(runtime.queue)
+    return result
 
 
 def aligned_copy(value, dtype) -> np.ndarray:

@@ -33,7 +33,7 @@ from .conv import Device
 from .errors import UnsupportedDeviceError
 from .geometry import BORDERS, normalize_padding_mode
 from .runtime import Runtime, get_runtime
-from .staging import pending_events
+from .staging import device_empty, pending_events
 
 __all__ = ["MAX_LEVELS", "forget_workspaces", "istarlet", "starlet"]
 
@@ -161,7 +161,7 @@ class _Scratch:
         for index, array in enumerate(self.free):
             if array.shape == shape:
                 return self.free.pop(index)
-        array = cl_array.empty(self.runtime.queue, shape, np.dtype(self.key[1]))
+        array = device_empty(self.runtime, shape, np.dtype(self.key[1]))
         self.all.append(array)
         return array
 
@@ -292,13 +292,12 @@ def starlet(
     """
     levels, generation, mode = _check(levels, generation, padding_mode)
     c, dtype, single, runtime, on_device = _stage(image, "image", 2, device)
-    queue = runtime.queue
     shape = n, h, w = c.shape
     hw = h * w
     scratch = _Scratch(runtime, shape, dtype)
     # A result that is read back can be a scratch buffer too (warm memory).
     out_shape = (n, levels + 1, h, w)
-    out = cl_array.empty(queue, out_shape, dtype) if on_device else scratch.take(out_shape)
+    out = device_empty(runtime, out_shape, dtype) if on_device else scratch.take(out_shape)
     operand = _image(c)
     for j in range(levels):
         plane = _plane(out, j, levels + 1, hw)

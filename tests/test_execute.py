@@ -4,6 +4,7 @@ Each test here reproduces a finding of the adversarial pass (issue 16) and
 failed before its fix.
 """
 
+import gc
 import json
 
 import numpy as np
@@ -45,6 +46,27 @@ def test_device_results_carry_their_event_and_the_next_call_waits_for_it():
         second = clatrous.conv2d(first.with_queue(other), k2, padding="same")
         assert second.queue is other and second.events
         assert_matches_reference(second.get(), middle, k2, padding="same")
+
+
+def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_valid():
+    # A large device result on a CPU device is advised as huge pages
+    # (staging.device_empty).  A first version wrapped NumPy memory instead:
+    # dropping the intermediate freed that memory while the next kernel was
+    # still reading it (a segmentation fault in this very pattern).
+    rt = runtime.get_runtime()
+    if on_oclgrind():
+        pytest.skip("needs a result of 4 MiB (staging.HOST_BACKED_BYTES); too slow on the simulator")
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((1, 512, 520, 4)).astype(np.float32)
+    dk = rng.standard_normal((3, 3, 4, 1)).astype(np.float32)
+    pk = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    middle = clatrous.depthwise_conv2d(cl_array.to_device(rt.queue, x), dk, padding="same", dilation_rate=2)
+    assert middle.nbytes >= staging.HOST_BACKED_BYTES
+    result = clatrous.conv2d(middle, pk)
+    del middle  # only the queued kernel holds it now
+    gc.collect()
+    expected = reference.depthwise_conv2d(x, dk, padding="same", dilation_rate=2)
+    assert_matches_reference(result.get(), expected, pk)
 
 
 def _out_of_order_queue():
