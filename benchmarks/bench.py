@@ -40,7 +40,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyopencl as cl
@@ -213,6 +213,14 @@ def clatrous_device(wl, rt):
         return out
 
     return run
+
+
+def clatrous_zeros(wl, rt):
+    """A row with another border, computed with zeros instead: what the border costs, in the same run."""
+    if wl.mode == "zeros":
+        return None
+    call = _clatrous_call(replace(wl, mode="zeros"), clatrous, rt.queue)
+    return lambda: call(wl.arrays["x"])
 
 
 def clatrous_kept(wl, rt):
@@ -498,6 +506,7 @@ def clblast(wl, rt):
 PEERS = {
     "clatrous": clatrous_host,
     "clatrous (device arrays)": clatrous_device,
+    "clatrous (zeros border)": clatrous_zeros,
     "clatrous (results kept)": clatrous_kept,
     "clatrous (out=)": clatrous_out,
     "PyTorch": pytorch,
@@ -729,6 +738,9 @@ def render(rows, peers, bandwidth, best) -> str:
     names = [p for p in peers if any(p in m for _, _, m, _ in rows)]
     cuda = "PyTorch (CUDA)" in names  # on a GPU: device-resident clatrous against cuDNN
     head = ["workload", "GFLOP", *[f"{n} ms" for n in names], "clatrous GFLOP/s", "clatrous / PyTorch"]
+    border = "clatrous (zeros border)" in names  # a row with another border: its cost over zeros
+    if border:
+        head.append("border / zeros")
     if cuda:
         head.append("clatrous (device arrays) / PyTorch (CUDA)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -740,6 +752,9 @@ def render(rows, peers, bandwidth, best) -> str:
         cells.append(f"{wl.flops / main_t / 1e9:.1f}" if main_t else "-")
         torch_t = m.get("PyTorch")
         cells.append(f"{main_t / torch_t:.2f}x" if main_t and torch_t else "-")
+        if border:
+            zeros_t = m.get("clatrous (zeros border)")
+            cells.append(f"{main_t / zeros_t:.2f}x" if main_t and zeros_t else "-")
         if cuda:
             device_t, cuda_t = m.get("clatrous (device arrays)"), m.get("PyTorch (CUDA)")
             cells.append(f"{device_t / cuda_t:.2f}x" if device_t and cuda_t else "-")
