@@ -145,8 +145,8 @@ def _plan(runtime: Runtime, op: Operation, prepared: Prepared, choice) -> Plan:
         variant = op.variant(choice[0])
         if not variant.valid(choice[1]):
             raise ValueError(f"{choice[1]} is not a configuration of variant {variant.name!r}")
-        if not params.fits(runtime.info, variant, choice[1], prepared.dtype):
-            need = variant.local_bytes(variant.complete(choice[1]), prepared.dtype)
+        if not params.fits(runtime.info, variant, choice[1], prepared.dtype, g):
+            need = variant.local_bytes(g, variant.complete(choice[1]), prepared.dtype)
             raise UnsupportedDeviceError(
                 f"{variant.name} {choice[1]} needs {need} bytes of local memory; "
                 f"device {runtime.info.name!r} has {runtime.info.local_mem}"

@@ -135,7 +135,7 @@ def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(cache, monkey
     kwargs = dict(padding="same", dilation_rate=2)
     g = geometry_of(x, k, **kwargs)
     tiled = {"VW": 8, "NV": 2, "PX": 4, "CT": 16, "NB": 4, "RW": 16}  # spans more rows than a band has
-    assert params.fits(info, CONV2D.variant("tiled"), tiled, np.float32)
+    assert params.fits(info, CONV2D.variant("tiled"), tiled, np.float32, g)
     params.store(info.key, params.class_key(CONV2D, g, np.float32), {"variant": "tiled", "config": tiled})
     other_size = geometry_of(np.ones((2, 40, 50, 40), np.float32), k, **kwargs)
     assert params.choose(info, CONV2D, other_size, np.float32) == ("tiled", tiled)

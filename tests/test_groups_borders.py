@@ -118,8 +118,49 @@ def test_depthwise_conv2d_every_variant_and_mode(problem, data):
     g = prepare_depthwise(x, kernel, bias, **kwargs).geometry
     candidates = choices(g, x.dtype)
     assert any(name == "depthwise" for name, _ in candidates)
-    choice = data.draw(st.sampled_from([None, *candidates]), label="variant, config")
+    # The variant first, then its configuration: depthwise_local has a
+    # hundred times more configurations than depthwise.
+    names = sorted({name for name, _ in candidates})
+    name = data.draw(st.sampled_from([None, *names]), label="variant")
+    choice = None
+    if name is not None:
+        configs = [config for n, config in candidates if n == name]
+        choice = (name, data.draw(st.sampled_from(configs), label="config"))
     out = forced_call(choice, clatrous.depthwise_conv2d, x, kernel, bias, **kwargs)
+    assert_matches_reference(out, x, kernel, bias, conv=reference.depthwise_conv2d, **kwargs)
+
+
+# (x shape, kernel shape, padding, dilation, mode, bias): partial channel
+# groups and tiles, more phases than output pixels, rows and columns of taps
+# wholly in the padding, depth multipliers, every border.
+LOCAL_SHAPES = [
+    ((2, 9, 11, 12), (3, 3, 12, 1), "same", 2, "zeros", True),
+    ((1, 5, 6, 8), (3, 3, 8, 2), "same", 4, "zeros", False),
+    ((1, 7, 10, 4), (2, 3, 4, 3), ((3, 4), (2, 6)), (1, 5), "symmetric", True),
+    ((1, 8, 7, 8), (3, 3, 8, 1), "same", (3, 2), "reflect", True),
+    ((1, 6, 6, 4), (3, 3, 4, 1), ((5, 5), (5, 5)), 2, "circular", False),
+    ((1, 4, 9, 6), (1, 3, 6, 1), "valid", 3, "replicate", True),
+]
+LOCAL_CONFIGS = [
+    {"VW": 4, "PX": 2, "LC": 1, "LX": 2, "LY": 2},
+    {"VW": 1, "PX": 1, "LC": 4, "LX": 4, "LY": 4},
+    {"VW": 2, "PX": 4, "LC": 2, "LX": 1, "LY": 8},
+    {"VW": 2, "PX": 1, "LC": 2, "LX": 8, "LY": 1},
+]
+
+
+@pytest.mark.parametrize("config", LOCAL_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("shape", LOCAL_SHAPES, ids=lambda s: f"{s[4]}-{s[1][-1]}")
+def test_depthwise_local_code_paths(shape, config):
+    x_shape, k_shape, padding, dilation, mode, with_bias = shape
+    if x_shape[-1] % config["VW"]:
+        pytest.skip("the channels are not a multiple of VW")
+    rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(k_shape).astype(np.float32)
+    bias = rng.standard_normal(k_shape[2] * k_shape[3]).astype(np.float32) if with_bias else None
+    kwargs = dict(padding=padding, dilation_rate=dilation, padding_mode=mode, activation="relu")
+    out = forced_call(("depthwise_local", config), clatrous.depthwise_conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, conv=reference.depthwise_conv2d, **kwargs)
 
 

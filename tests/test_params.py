@@ -114,10 +114,10 @@ def test_tiled_partial_sums_stay_bounded_on_long_rows():
     g = geometry_of(x, np.ones((1, 2, 40, 16), np.float32), padding="same", dilation_rate=256)
     configs = variants.TILED.candidates(g, np.float32)
     assert configs
-    assert max(variants.TILED.local_bytes(c, np.float32) for c in configs) <= variants.TILED_LOCAL_BYTES
+    assert max(variants.TILED.local_bytes(g, c, np.float32) for c in configs) <= variants.TILED_LOCAL_BYTES
     info = runtime.get_runtime().info
     widest = max(
-        (c for c in configs if params.fits(info, variants.TILED, c, np.float32)),
+        (c for c in configs if params.fits(info, variants.TILED, c, np.float32, g)),
         key=lambda c: c["NB"] * c["PX"],
     )
     rng = np.random.default_rng(8)
@@ -134,12 +134,12 @@ def test_local_memory_decides_what_a_device_can_run():
     g = geometry_of(x, np.ones((3, 3, 2048, 256), np.float32), padding="same", dilation_rate=6)
     roomy = dataclasses.replace(info, kind="cpu", local_mem=1 << 20, compute_units=2)
     variant, config = _defaults(roomy, g)
-    assert variant == "tiled" and params.fits(roomy, variants.TILED, config, np.float32)
+    assert variant == "tiled" and params.fits(roomy, variants.TILED, config, np.float32, g)
     # A device with little local memory gets a smaller span, or the blocked kernel.
     for local_mem in (32 * 1024, 2 * 1024):
         small = dataclasses.replace(roomy, local_mem=local_mem)
         variant, config = _defaults(small, g)
-        assert params.fits(small, CONV2D.variant(variant), config, np.float32)
+        assert params.fits(small, CONV2D.variant(variant), config, np.float32, g)
         assert CONV2D.variant(variant).applies(g, config)
     assert _defaults(dataclasses.replace(roomy, local_mem=2 * 1024), g)[0] == "blocked"
     # Forcing a configuration the device cannot hold fails before any build.

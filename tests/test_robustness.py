@@ -384,6 +384,34 @@ def test_inf_and_nan_weights_next_to_the_padding_follow_one_rule(choice, split):
     np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "choice",
+    [
+        ("depthwise", {"VW": 4, "PX": 4}),
+        ("depthwise_local", {"VW": 4, "PX": 2, "LC": 2, "LX": 2, "LY": 4}),
+        ("depthwise_local", {"VW": 1, "PX": 1, "LC": 8, "LX": 4, "LY": 2}),
+    ],
+    ids=lambda c: "-".join([c[0], *map(str, c[1].values())]),
+)
+def test_inf_and_nan_depthwise_weights_next_to_the_padding_follow_one_rule(choice):
+    # The same rule for the depthwise kernels; depthwise_local stages zeros
+    # for the padding in local memory, and must still skip those taps.
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((1, 9, 13, 8)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 8, 2)).astype(np.float32)
+    k[0, 0, 0, 0] = np.inf
+    k[2, 2, 7, 1] = -np.inf
+    k[0, 2, 3, 1] = np.nan
+    kwargs = dict(padding="same", dilation_rate=(2, 3))
+    expected = reference.depthwise_conv2d(x, k, **kwargs)
+    finite = np.isfinite(expected)
+    assert 0.05 < finite.mean() < 0.95
+    out = forced_call(choice, clatrous.depthwise_conv2d, x, k, **kwargs)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
+    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_launch_and_context_caches_stay_bounded(monkeypatch):
     # Found by the adversarial pass: 2000 distinct shapes kept 2001 kernels,
     # and every Context passed as device= was kept forever.

@@ -1,0 +1,208 @@
+// conv2d_depthwise_local.cl: depthwise dilated 2-D cross-correlation (groups = CIN,
+// stride 1), a work-group sharing one input tile in local memory.
+//
+// The GPU-shaped form of conv2d_depthwise.cl.  A rate-(DH, DW) convolution is
+// DH*DW ordinary ones on interleaved sub-images ("phases"): output pixels
+// (oy, ox) with the same (oy % DH, ox % DW) read input pixels of the same
+// phase only, KH x KW neighbours apart in it.  So a work-group takes a tile
+// of TH x TW output pixels of one phase (TH = LY rows, TW = LX*PX columns)
+// and LC*VW channels, and stages the (TH + KH - 1) x (TW + KW - 1) input
+// pixels they read, plus its weights, in local memory, each loaded from
+// global memory once by one work-item: the halo is KH - 1 rows and KW - 1
+// columns at any rate, where a tile of neighbouring pixels would need a halo
+// of DH*(KH - 1) rows.  After one barrier each work-item computes PX
+// pixels of one row of the tile for its VW channels from local memory.
+// Neighbouring work-items (dim 0) take neighbouring channels, so the global
+// loads of a group are contiguous along the channel axis.
+//
+// A tap that falls in the zero padding is skipped, never multiplied by zero
+// (an Inf or NaN weight on it adds nothing, as in every other kernel); the
+// other borders read where border_index (common.h) says.
+//
+// Layout (channels last, C-contiguous, element offsets):
+//   x    (N, H, W, C)      input, from element XOFF of its buffer (the last argument)
+//   w    (KH, KW, C, M)    weights
+//   bias (C*M) or NULL     only read when HAS_BIAS
+//   y    (N, HO, WO, C*M)  output
+// Requires C % VW == 0 and stride 1.
+// NDRange, work-group (LC, LX, LY) exactly:
+//   dim0 = LC * ceil(C / (LC*VW)),
+//   dim1 = LX * PHX * TX, with PHX = min(DW, WO) phases of TX = ceil(ceil(WO / DW) / TW) tiles,
+//   dim2 = LY * N * PHY * TY, with PHY = min(DH, HO) and TY = ceil(ceil(HO / DH) / TH).
+// Group (cg, PHX-tile, image-phase-tile) computes y[n, ry + DH*(ty*TH + i), rx + DW*(tx*TW + j), ...]
+// for the tile's i < TH, j < TW that fall inside the output.
+// Build options: VW, PX, LC, LX, LY, M, KH, KW below, and those of common.h.
+
+#ifndef VW
+#define VW 4             // channels per work-item, one vector: 1, 2, 4, 8 or 16
+#endif
+#ifndef PX
+#define PX 2             // output pixels of a tile row per work-item
+#endif
+#ifndef LC
+#define LC 4             // work-items along the channels in a group
+#endif
+#ifndef LX
+#define LX 4             // work-items along a tile row
+#endif
+#ifndef LY
+#define LY 4             // work-items along the tile's rows (one row each)
+#endif
+#ifndef M
+#define M 1              // depth multiplier: output channels per input channel
+#endif
+#ifndef KH
+#define KH 3             // kernel rows
+#endif
+#ifndef KW
+#define KW 3             // kernel columns
+#endif
+#include "common.h"
+
+#if VW != 1 && VW != 2 && VW != 4 && VW != 8 && VW != 16
+#error "VW must be 1, 2, 4, 8 or 16"
+#endif
+#if PX < 1 || LC < 1 || LX < 1 || LY < 1 || M < 1 || KH < 1 || KW < 1
+#error "PX, LC, LX, LY, M, KH and KW must be positive"
+#endif
+
+#if VW == 1
+typedef REAL realv;
+#define LOADV(p) (*(p))
+#define STOREV(p, v) (*(p) = (v))
+#else
+typedef CAT(REAL, VW) realv;
+#define LOADV(p) CAT(vload, VW)(0, (p))
+#define STOREV(p, v) CAT(vstore, VW)((v), 0, (p))
+#endif
+typedef union { realv v; REAL s[VW]; } lanes;
+
+#define TH LY                          // tile rows
+#define TW (LX * PX)                   // tile columns
+#define SROWS (TH + KH - 1)            // staged input rows
+#define SCOLS (TW + KW - 1)            // staged input columns
+#define GROUP (LC * LX * LY)
+
+__kernel __attribute__((reqd_work_group_size(LC, LX, LY)))
+void conv2d_depthwise_local(__global const REAL *restrict x,
+                            __global const REAL *restrict w,
+                            __global const REAL *restrict bias,
+                            __global REAL *restrict y,
+                            const int H, const int W, const int C,
+                            const int HO, const int WO,
+                            const int DH, const int DW, const int PT, const int PL,
+                            const int TX, const int TY,
+                            const int XOFF)
+{
+    // One vector of VW channels per staged pixel and weight, the M filters
+    // of a channel lane after another (w's own order).
+    __local realv tile[SROWS][SCOLS][LC];
+    __local REAL wtile[KH * KW][LC * VW * M];
+    x += XOFF;                                      // where x starts in its buffer
+
+    const int lc = (int)get_local_id(0), lx = (int)get_local_id(1), ly = (int)get_local_id(2);
+    const int flat = (ly * LX + lx) * LC + lc;      // channel-fastest: contiguous loads
+    const int cg0 = (int)get_group_id(0) * (LC * VW);
+    // Quotients and remainders spelled out: LLVM's own pairing of / and %
+    // emits a "freeze" that Oclgrind cannot run.
+    const int gx = (int)get_group_id(1);            // rx * TX + tx
+    const int gz = (int)get_group_id(2);            // (n * PHY + ry) * TY + ty
+    const int rx = gx / TX, tx = gx - rx * TX;
+    const int nry = gz / TY, ty = gz - nry * TY;
+    const int phy = min(DH, HO);
+    const int n = nry / phy, ry = nry - n * phy;
+    // Phase coordinates of the tile's first output, and its input origin.
+    const int py0 = ty * TH, px0 = tx * TW;
+    const int iy0 = ry - PT + DH * py0, ix0 = rx - PL + DW * px0;
+
+    // Stage the input tile: every (row, column, channel vector), one each.
+    const __global REAL *ximg = x + (long)n * H * W * C;
+    for (int e = flat; e < SROWS * SCOLS * LC; e += GROUP) {
+        const int rc = e / LC, c = e - rc * LC;
+        const int r = rc / SCOLS, col = rc - r * SCOLS;
+        const int iy = border_index(iy0 + r * DH, H), ix = border_index(ix0 + col * DW, W);
+        const int ch = cg0 + c * VW;
+        realv v = (realv)0;                         // zero padding (skipped below) or past C
+        if (iy >= 0 && ix >= 0 && ch < C) v = LOADV(ximg + ((long)iy * W + ix) * C + ch);
+        tile[r][col][c] = v;
+    }
+    // Stage the weights of the group's channels.
+    const int wcount = min(LC * VW, C - cg0) * M;  // C % VW == 0: whole vectors only
+    for (int e = flat; e < KH * KW * LC * VW * M; e += GROUP) {
+        const int t = e / (LC * VW * M), k = e - t * (LC * VW * M);
+        wtile[t][k] = k < wcount ? w[((long)t * C + cg0) * M + k] : (REAL)0;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    const int ch0 = cg0 + lc * VW;
+    const int oy = ry + DH * (py0 + ly);
+    if (ch0 >= C || oy >= HO) return;               // after the barrier: nothing more to wait for
+
+    realv acc[PX][M];
+#pragma unroll
+    for (int p = 0; p < PX; ++p)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[p][m] = (realv)0;
+
+#pragma unroll
+    for (int ky = 0; ky < KH; ++ky) {
+        if (BORDER == 0 && iy0 + (ly + ky) * DH < 0) continue;    // a row of taps in the padding
+        if (BORDER == 0 && iy0 + (ly + ky) * DH >= H) continue;
+#pragma unroll
+        for (int kx = 0; kx < KW; ++kx) {
+            realv wv[M];
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+#if M == 1
+                wv[0] = LOADV(&wtile[ky * KW + kx][lc * VW]);
+#else
+                lanes u;
+#pragma unroll
+                for (int l = 0; l < VW; ++l) u.s[l] = wtile[ky * KW + kx][(lc * VW + l) * M + m];
+                wv[m] = u.v;
+#endif
+            }
+#pragma unroll
+            for (int p = 0; p < PX; ++p) {
+                const int col = lx * PX + p + kx;
+                const int ix = ix0 + col * DW;
+                if (BORDER == 0 && (ix < 0 || ix >= W)) continue;
+                const realv xv = tile[ly + ky][col][lc];
+#pragma unroll
+                for (int m = 0; m < M; ++m) acc[p][m] += xv * wv[m];
+            }
+        }
+    }
+
+#if HAS_BIAS
+    realv bv[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+        lanes u;
+#pragma unroll
+        for (int l = 0; l < VW; ++l) u.s[l] = bias[(long)(ch0 + l) * M + m];
+        bv[m] = u.v;
+    }
+#define WITH_BIAS(v, m) ((v) + bv[m])
+#else
+#define WITH_BIAS(v, m) (v)
+#endif
+    __global REAL *yrow = y + (((long)n * HO + oy) * WO) * C * M + (long)ch0 * M;
+#pragma unroll
+    for (int p = 0; p < PX; ++p) {
+        const int ox = rx + DW * (px0 + lx * PX + p);
+        if (ox >= WO) continue;                    // (not break: the loop unrolls)
+        __global REAL *yp = yrow + (long)ox * C * M;
+#if M == 1
+        STOREV(yp, ACTIVATE(WITH_BIAS(acc[p][0], 0)));
+#else
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            lanes u;
+            u.v = ACTIVATE(WITH_BIAS(acc[p][m], m));
+#pragma unroll
+            for (int l = 0; l < VW; ++l) yp[l * M + m] = u.s[l];
+        }
+#endif
+    }
+}
