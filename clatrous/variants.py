@@ -47,6 +47,7 @@ __all__ = [
     "DEPTHWISE",
     "DEPTHWISE_LOCAL",
     "DIRECT",
+    "LOCAL",
     "PLANE",
     "TILED",
     "TILED_LOCAL_BYTES",
@@ -571,8 +572,117 @@ DEPTHWISE_LOCAL = Variant(
     ndrange=_depthwise_local_ndrange,
 )
 
+
+# ---------------------------------------------------------------- dense, a work-group sharing tiles
+
+
+def _local_bytes(g: ConvGeometry, c: Config, dtype: np.dtype) -> int:
+    staged = (c["LY"] * c["PY"] + g.kh - 1) * (c["LX"] * c["PX"] + g.kw - 1) * c["CT"]
+    weights = g.kh * g.kw * c["CT"] * c["LC"] * c["VW"]
+    return (staged + weights) * np.dtype(dtype).itemsize
+
+
+def _local_tiles(g: ConvGeometry, c: Config) -> tuple[int, int, int, int]:
+    """(PHX, TX, PHY, TY): phases and tiles per phase along the columns and rows (phase_tile.h)."""
+    return (*_phase_tiles(g.wo, g.dw, c["LX"] * c["PX"]), *_phase_tiles(g.ho, g.dh, c["LY"] * c["PY"]))
+
+
+def _local_ndrange(g: ConvGeometry, c: Config):
+    phx, tx, phy, ty = _local_tiles(g, c)
+    groups = (_ceil_div(g.cout, c["LC"] * c["VW"]), phx * tx, g.n * phy * ty)
+    local = (c["LC"], c["LX"], c["LY"])
+    return tuple(n * size for n, size in zip(groups, local, strict=True)), local
+
+
+def _local_worth(g: ConvGeometry, c: Config) -> bool:
+    # No more output channels, tile columns, rows or staged channels than there are.
+    return (
+        (c["LC"] == 1 or c["LC"] * c["VW"] <= g.cout)
+        and (c["LX"] * c["PX"] <= max(c["PX"], _ceil_div(g.wo, g.dw)))
+        and (c["LY"] * c["PY"] <= max(c["PY"], _ceil_div(g.ho, g.dh)))
+        and (c["CT"] == 4 or c["CT"] <= g.cin)
+    )
+
+
+def _stride_one_dense(g: ConvGeometry) -> bool:
+    return g.groups == 1 and g.sh == 1 and g.sw == 1
+
+
+# The work-group shapes the tuner tries, (LC, LX, LY, PX, PY): 64 to 256
+# work-items (two to eight warps or wavefronts), tiles of 8x8 to 16x16
+# outputs; with each vector width that divides COUT up to 4 (the widths a GPU
+# loads at once) and CT of 8 or 16.  Any valid configuration may still be
+# stored and run; this only keeps the search to minutes.
+_LOCAL_SHAPES = (
+    (16, 4, 4, 2, 2),
+    (8, 4, 4, 2, 4),
+    (8, 4, 4, 4, 2),
+    (16, 2, 4, 4, 2),
+    (4, 4, 8, 4, 2),
+    (32, 2, 2, 4, 4),
+    (4, 8, 8, 2, 2),
+)
+
+
+class _LocalVariant(Variant):
+    """The cooperative variant's candidates are :data:`_LOCAL_SHAPES`, not the whole product."""
+
+    def candidates(self, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+        if not _stride_one_dense(g):
+            return []
+        out = []
+        for vw in (v for v in (1, 2, 4) if g.cout % v == 0):
+            for lc, lx, ly, px, py in _LOCAL_SHAPES:
+                for ct in (8, 16):
+                    config = {"VW": vw, "PX": px, "PY": py, "LC": lc, "LX": lx, "LY": ly, "CT": ct}
+                    if self.valid(config) and self.applies(g, config) and self.worth(g, config):
+                        out.append(config)
+        return out
+
+
+LOCAL = _LocalVariant(
+    name="local",
+    source="conv2d_local.cl",
+    kernel="conv2d_local",
+    parameters={
+        "VW": _VW,
+        "PX": (1, 2, 4, 8),
+        "PY": (1, 2, 4),
+        "LC": (1, 2, 4, 8, 16),
+        "LX": (1, 2, 4, 8),
+        "LY": (1, 2, 4, 8),
+        "CT": (4, 8, 16, 32),
+    },
+    constraints=(
+        lambda c: c["LC"] * c["LX"] * c["LY"] <= _GROUP_MOST,
+        lambda c: c["PX"] * c["PY"] <= 16,  # a register block of at most 16 vectors
+    ),
+    applies=lambda g, c: _stride_one_dense(g) and g.cout % c["VW"] == 0,
+    worth=_local_worth,
+    local_bytes=_local_bytes,
+    options=lambda g, c: [
+        *(f"-D{k}={c[k]}" for k in ("VW", "PX", "PY", "LC", "LX", "LY", "CT")),
+        *_extent(g),
+    ],  # noqa: E501
+    scalars=lambda g, c: (
+        g.h,
+        g.w,
+        g.cin,
+        g.cout,
+        g.ho,
+        g.wo,
+        g.dh,
+        g.dw,
+        g.pad_top,
+        g.pad_left,
+        _local_tiles(g, c)[1],
+        _local_tiles(g, c)[3],
+    ),  # fmt: skip
+    ndrange=_local_ndrange,
+)
+
 #: The variants of the (dense or grouped) convolution, in the order the tuner walks them.
-CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE, DEPTHWISE_LOCAL)
+CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE, DEPTHWISE_LOCAL, LOCAL)
 
 
 # ---------------------------------------------------------------- aspp (several branches, one launch)

@@ -1,19 +1,15 @@
 // conv2d_depthwise_local.cl: depthwise dilated 2-D cross-correlation (groups = CIN,
 // stride 1), a work-group sharing one input tile in local memory.
 //
-// The GPU-shaped form of conv2d_depthwise.cl.  A rate-(DH, DW) convolution is
-// DH*DW ordinary ones on interleaved sub-images ("phases"): output pixels
-// (oy, ox) with the same (oy % DH, ox % DW) read input pixels of the same
-// phase only, KH x KW neighbours apart in it.  So a work-group takes a tile
-// of TH x TW output pixels of one phase (TH = LY rows, TW = LX*PX columns)
-// and LC*VW channels, and stages the (TH + KH - 1) x (TW + KW - 1) input
-// pixels they read, plus its weights, in local memory, each loaded from
-// global memory once by one work-item: the halo is KH - 1 rows and KW - 1
-// columns at any rate, where a tile of neighbouring pixels would need a halo
-// of DH*(KH - 1) rows.  After one barrier each work-item computes PX
-// pixels of one row of the tile for its VW channels from local memory.
-// Neighbouring work-items (dim 0) take neighbouring channels, so the global
-// loads of a group are contiguous along the channel axis.
+// The GPU-shaped form of conv2d_depthwise.cl.  A work-group takes a tile of
+// TH x TW output pixels of one dilation phase (phase_tile.h; TH = LY rows,
+// TW = LX*PX columns) and LC*VW channels, and stages the (TH + KH - 1) x
+// (TW + KW - 1) input pixels they read, plus its weights, in local memory,
+// each loaded from global memory once by one work-item.  After one barrier
+// each work-item computes PX pixels of one row of the tile for its VW
+// channels from local memory.  Neighbouring work-items (dim 0) take
+// neighbouring channels, so the global loads of a group are contiguous
+// along the channel axis.
 //
 // A tap that falls in the zero padding is skipped, never multiplied by zero
 // (an Inf or NaN weight on it adds nothing, as in every other kernel); the
@@ -29,7 +25,7 @@
 //   dim0 = LC * ceil(C / (LC*VW)),
 //   dim1 = LX * PHX * TX, with PHX = min(DW, WO) phases of TX = ceil(ceil(WO / DW) / TW) tiles,
 //   dim2 = LY * N * PHY * TY, with PHY = min(DH, HO) and TY = ceil(ceil(HO / DH) / TH).
-// Group (cg, PHX-tile, image-phase-tile) computes y[n, ry + DH*(ty*TH + i), rx + DW*(tx*TW + j), ...]
+// Group (cg, rx*TX + tx, (n*PHY + ry)*TY + ty) computes y[n, ry + DH*(ty*TH + i), rx + DW*(tx*TW + j), ...]
 // for the tile's i < TH, j < TW that fall inside the output.
 // Build options: VW, PX, LC, LX, LY, M, KH, KW below, and those of common.h.
 
@@ -58,6 +54,7 @@
 #define KW 3             // kernel columns
 #endif
 #include "common.h"
+#include "phase_tile.h"
 
 #if VW != 1 && VW != 2 && VW != 4 && VW != 8 && VW != 16
 #error "VW must be 1, 2, 4, 8 or 16"
@@ -103,17 +100,8 @@ void conv2d_depthwise_local(__global const REAL *restrict x,
     const int lc = (int)get_local_id(0), lx = (int)get_local_id(1), ly = (int)get_local_id(2);
     const int flat = (ly * LX + lx) * LC + lc;      // channel-fastest: contiguous loads
     const int cg0 = (int)get_group_id(0) * (LC * VW);
-    // Quotients and remainders spelled out: LLVM's own pairing of / and %
-    // emits a "freeze" that Oclgrind cannot run.
-    const int gx = (int)get_group_id(1);            // rx * TX + tx
-    const int gz = (int)get_group_id(2);            // (n * PHY + ry) * TY + ty
-    const int rx = gx / TX, tx = gx - rx * TX;
-    const int nry = gz / TY, ty = gz - nry * TY;
-    const int phy = min(DH, HO);
-    const int n = nry / phy, ry = nry - n * phy;
-    // Phase coordinates of the tile's first output, and its input origin.
-    const int py0 = ty * TH, px0 = tx * TW;
-    const int iy0 = ry - PT + DH * py0, ix0 = rx - PL + DW * px0;
+    const phase_tile tl = tile_of_group(TH, TW, TX, TY, HO, DH, DW, PT, PL);
+    const int n = tl.n, ry = tl.ry, rx = tl.rx, py0 = tl.py0, px0 = tl.px0, iy0 = tl.iy0, ix0 = tl.ix0;
 
     // Stage the input tile: every (row, column, channel vector), one each.
     const __global REAL *ximg = x + (long)n * H * W * C;

@@ -48,6 +48,23 @@ def choices(g, dtype):
     return params.search_candidates(runtime.get_runtime().info, CONV2D, g, dtype)
 
 
+def draw_choice(data, candidates, *, default=False):
+    """A (variant, configuration) of ``candidates`` drawn with hypothesis: variant first, then configuration.
+
+    The cooperative variants have a hundred times more configurations than
+    the others; drawing a pair at once would seldom reach the others.  With
+    ``default``, None (the default choice) is one more variant to draw.
+    """
+    from hypothesis import strategies as st
+
+    names = sorted({name for name, _ in candidates})
+    name = data.draw(st.sampled_from([None, *names] if default else names), label="variant")
+    if name is None:
+        return None
+    config = data.draw(st.sampled_from([c for n, c in candidates if n == name]), label="config")
+    return name, config
+
+
 def forced_call(choice, fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` with ``choice`` (variant, configuration) forced, or as chosen when None."""
     if choice is None:

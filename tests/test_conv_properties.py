@@ -8,13 +8,20 @@ any of them.
 
 import numpy as np
 import scipy.special
-from helpers import assert_matches_reference, choices, forced_call, geometry_of, skip_without_fp64
-from hypothesis import given
+from helpers import (
+    assert_matches_reference,
+    choices,
+    draw_choice,
+    forced_call,
+    geometry_of,
+    skip_without_fp64,
+)
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import reference
+from clatrous import reference, variants
 
 
 @given(conv2d_problem())
@@ -38,8 +45,7 @@ def test_every_variant_and_configuration(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = geometry_of(x, kernel, bias, **kwargs)
-    variant, config = data.draw(st.sampled_from(choices(g, x.dtype)), label="variant, config")
-    out = forced_call((variant, config), clatrous.conv2d, x, kernel, bias, **kwargs)
+    out = forced_call(draw_choice(data, choices(g, x.dtype)), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
 
@@ -48,8 +54,7 @@ def test_every_variant_on_conv1d(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = geometry_of(x, kernel, bias, ndim=1, **kwargs)
-    variant, config = data.draw(st.sampled_from(choices(g, x.dtype)), label="variant, config")
-    out = forced_call((variant, config), clatrous.conv1d, x, kernel, bias, **kwargs)
+    out = forced_call(draw_choice(data, choices(g, x.dtype)), clatrous.conv1d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
 
@@ -119,6 +124,27 @@ def test_tiled_variant_over_channel_tiles(problem, data):
     configs = [config for variant, config in choices(g, x.dtype) if variant == "tiled"]
     config = data.draw(st.sampled_from(configs), label="config")
     out = forced_call(("tiled", config), clatrous.conv2d, x, kernel, bias, **kwargs)
+    assert_matches_reference(out, x, kernel, bias, **kwargs)
+
+
+@given(many_channel_problem(), st.data())
+def test_local_variant_over_channel_tiles(problem, data):
+    # The work-group-cooperative kernel: partial channel tiles, phases and
+    # tiles, every border; strides are not its business (other variants').
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    kwargs = {**kwargs, "strides": 1}
+    try:
+        g = geometry_of(x, kernel, bias, **kwargs)
+    except ValueError:
+        return  # the shrunken image no longer fits this kernel; other examples cover it
+    # Any valid configuration, not only the tuner's shapes (which skip groups
+    # larger than these small images): partial tiles and idle work-items.
+    space = variants.LOCAL.parameters
+    config = {name: data.draw(st.sampled_from(values), label=name) for name, values in space.items()}
+    config["VW"] = data.draw(st.sampled_from([v for v in (1, 2, 4, 8) if g.cout % v == 0]), label="VW")
+    assume(variants.LOCAL.valid(config))
+    out = forced_call(("local", config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
 

@@ -10,7 +10,14 @@ mode; the layers in Keras' weight layout.
 import numpy as np
 import pyopencl.array as cl_array
 import pytest
-from helpers import assert_matches_reference, choices, forced_call, geometry_of, skip_without_fp64
+from helpers import (
+    assert_matches_reference,
+    choices,
+    draw_choice,
+    forced_call,
+    geometry_of,
+    skip_without_fp64,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import MODES, grouped_problem
@@ -96,7 +103,7 @@ def test_grouped_conv2d_every_variant_and_mode(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = geometry_of(x, kernel, bias, **kwargs)
-    choice = data.draw(st.sampled_from([None, *choices(g, x.dtype)]), label="variant, config")
+    choice = draw_choice(data, choices(g, x.dtype), default=True)
     out = forced_call(choice, clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 
@@ -106,7 +113,7 @@ def test_grouped_conv1d_every_variant_and_mode(problem, data):
     x, kernel, bias, kwargs = problem
     skip_without_fp64(x.dtype)
     g = geometry_of(x, kernel, bias, ndim=1, **kwargs)
-    choice = data.draw(st.sampled_from([None, *choices(g, x.dtype)]), label="variant, config")
+    choice = draw_choice(data, choices(g, x.dtype), default=True)
     out = forced_call(choice, clatrous.conv1d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, conv=reference.conv1d, **kwargs)
 
@@ -118,14 +125,7 @@ def test_depthwise_conv2d_every_variant_and_mode(problem, data):
     g = prepare_depthwise(x, kernel, bias, **kwargs).geometry
     candidates = choices(g, x.dtype)
     assert any(name == "depthwise" for name, _ in candidates)
-    # The variant first, then its configuration: depthwise_local has a
-    # hundred times more configurations than depthwise.
-    names = sorted({name for name, _ in candidates})
-    name = data.draw(st.sampled_from([None, *names]), label="variant")
-    choice = None
-    if name is not None:
-        configs = [config for n, config in candidates if n == name]
-        choice = (name, data.draw(st.sampled_from(configs), label="config"))
+    choice = draw_choice(data, candidates, default=True)
     out = forced_call(choice, clatrous.depthwise_conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, conv=reference.depthwise_conv2d, **kwargs)
 

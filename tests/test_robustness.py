@@ -21,6 +21,7 @@ CHOICES = [
     ("blocked", {"VW": 4, "NV": 2, "PX": 4}),
     ("blocked", {"VW": 1, "NV": 1, "PX": 2}),
     ("tiled", {"VW": 8, "NV": 1, "PX": 4, "CT": 16, "NB": 2, "RW": 2}),
+    ("local", {"VW": 4, "PX": 2, "PY": 2, "LC": 2, "LX": 2, "LY": 4, "CT": 8}),
 ]
 
 

@@ -36,6 +36,11 @@ SHAPES_PLANE = [
     ("plane-lattice", (2, 13, 21, 1), (3, 3, 1, 1), 1, "same", 2, "sigmoid", True),
     ("plane-strided", (1, 12, 19, 1), (2, 3, 1, 1), (2, 2), 1, 3, None, False),
 ]
+SHAPES_LOCAL = [  # stride 1 only
+    ("local-edges", (2, 7, 9, 3), (3, 3, 3, 8), 1, "same", 2, "relu", True),
+    ("local-phases", (1, 5, 6, 6), (3, 3, 6, 4), 1, "same", 4, "sigmoid", True),  # more phases than rows
+    ("local-tiles", (1, 11, 10, 13), (2, 3, 13, 12), 1, ((1, 0), (2, 1)), (3, 1), "tanh", False),
+]
 CASES = [
     ("direct", {}, SHAPES_2D),
     ("direct", {"LOCAL0": 1, "LOCAL1": 8}, SHAPES_2D[:1]),
@@ -48,6 +53,9 @@ CASES = [
     ("tiled", {"VW": 8, "NV": 1, "PX": 2, "CT": 32, "NB": 4, "RW": 9}, SHAPES_TILED),
     ("plane", {"VW": 8, "RB": 4}, SHAPES_PLANE + SHAPES_2D[3:]),
     ("plane", {"VW": 4, "RB": 1}, SHAPES_PLANE[:1]),
+    ("local", {"VW": 4, "PX": 2, "PY": 2, "LC": 2, "LX": 2, "LY": 2, "CT": 4}, SHAPES_LOCAL),
+    ("local", {"VW": 1, "PX": 1, "PY": 1, "LC": 8, "LX": 4, "LY": 4, "CT": 8}, SHAPES_LOCAL[:2]),
+    ("local", {"VW": 2, "PX": 4, "PY": 2, "LC": 1, "LX": 2, "LY": 8, "CT": 16}, SHAPES_LOCAL[2:]),
 ]
 PARAMS = [
     pytest.param(
