@@ -18,7 +18,7 @@ import sys
 
 from . import __version__, params, runtime, tuner
 
-_SHAPE_KEYS = {"n": 1, "h": 1, "w": 1, "cin": 1, "cout": 1, "k": 3, "kh": 0, "kw": 0, "s": 1, "d": 1}
+_SHAPE_KEYS = {"n": 1, "h": 1, "w": 1, "cin": 1, "cout": 1, "k": 3, "kh": 0, "kw": 0, "s": 1, "d": 1, "g": 1}
 
 
 def parse_shape(text: str) -> tuple[str, tuple, tuple, dict, str]:
@@ -46,17 +46,21 @@ def parse_shape(text: str) -> tuple[str, tuple, tuple, dict, str]:
             raise ValueError(f"unknown key {key!r} in {text!r}; known: {sorted(values)}, padding, dtype")
     kh = values["kh"] or values["k"]
     kw = values["kw"] or values["k"]
-    geometry = dict(strides=values["s"], padding=padding, dilation_rate=values["d"])
+    groups = values["g"]
+    if groups < 1 or values["cin"] % groups or values["cout"] % groups:
+        raise ValueError(f"g (groups) must divide cin and cout, got g={groups} in {text!r}")
+    geometry = dict(strides=values["s"], padding=padding, dilation_rate=values["d"], groups=groups)
+    per_group = values["cin"] // groups  # g = cin: depthwise
     if kind == "conv1d":
         return (
             kind,
             (values["n"], values["w"], values["cin"]),
-            (kw, values["cin"], values["cout"]),
+            (kw, per_group, values["cout"]),
             geometry,
             dtype,
         )
     x_shape = (values["n"], values["h"], values["w"], values["cin"])
-    return kind, x_shape, (kh, kw, values["cin"], values["cout"]), geometry, dtype
+    return kind, x_shape, (kh, kw, per_group, values["cout"]), geometry, dtype
 
 
 def _devices(_args) -> int:

@@ -77,6 +77,7 @@ def tune(
     strides=1,
     padding="valid",
     dilation_rate=1,
+    groups=1,
     dtype=np.float32,
     device=None,
     repeats: int = 5,
@@ -109,7 +110,7 @@ def tune(
     x = rng.standard_normal(x_shape).astype(dtype)
     kernel = rng.standard_normal(kernel_shape).astype(dtype)
     bias = rng.standard_normal(kernel_shape[-1]).astype(dtype)
-    geometry_args = dict(strides=strides, padding=padding, dilation_rate=dilation_rate)
+    geometry_args = dict(strides=strides, padding=padding, dilation_rate=dilation_rate, groups=groups)
     prepared = prepare(x, kernel, bias, activation=None, ndim=ndim, **geometry_args)
     g = prepared.geometry
     if 0 in g.output_shape:

@@ -514,21 +514,35 @@ def _phase_tiles(count: int, rate: int, tile: int) -> tuple[int, int]:
     return min(rate, count), _ceil_div(_ceil_div(count, rate), tile)
 
 
-def _depthwise_local_ndrange(g: ConvGeometry, c: Config):
-    phx, tx = _phase_tiles(g.wo, g.dw, c["LX"] * c["PX"])
-    phy, ty = _phase_tiles(g.ho, g.dh, c["LY"])
-    groups = (_ceil_div(g.cin, c["LC"] * c["VW"]), phx * tx, g.n * phy * ty)
-    local = (c["LC"], c["LX"], c["LY"])
-    return tuple(n * size for n, size in zip(groups, local, strict=True)), local
+def _phase_grid(g: ConvGeometry, c: Config) -> tuple[int, int, int, int]:
+    """(PHX, TX, PHY, TY) of a cooperative variant (phase_tile.h): its tile is LY*PY x LX*PX outputs."""
+    tile_rows, tile_cols = c["LY"] * c.get("PY", 1), c["LX"] * c["PX"]
+    return (*_phase_tiles(g.wo, g.dw, tile_cols), *_phase_tiles(g.ho, g.dh, tile_rows))
 
 
-def _depthwise_local_worth(g: ConvGeometry, c: Config) -> bool:
-    # No more channels, tile columns or rows in a group than the output has.
-    return (
-        (c["LC"] == 1 or c["LC"] * c["VW"] <= g.cin)
-        and (c["LX"] == 1 or c["LX"] * c["PX"] <= _ceil_div(g.wo, g.dw))
-        and (c["LY"] == 1 or c["LY"] <= _ceil_div(g.ho, g.dh))
-    )
+def _cooperative(channels: Callable[[ConvGeometry], int]):
+    """The NDRange and worth rule of a cooperative variant whose groups split ``channels(g)``."""
+
+    def ndrange(g: ConvGeometry, c: Config):
+        phx, tx, phy, ty = _phase_grid(g, c)
+        groups = (_ceil_div(channels(g), c["LC"] * c["VW"]), phx * tx, g.n * phy * ty)
+        local = (c["LC"], c["LX"], c["LY"])
+        return tuple(n * size for n, size in zip(groups, local, strict=True)), local
+
+    def worth(g: ConvGeometry, c: Config) -> bool:
+        # No more channels, tile columns or tile rows in a group than the output has.
+        py = c.get("PY", 1)
+        return (
+            (c["LC"] == 1 or c["LC"] * c["VW"] <= channels(g))
+            and c["LX"] * c["PX"] <= max(c["PX"], _ceil_div(g.wo, g.dw))
+            and c["LY"] * py <= max(py, _ceil_div(g.ho, g.dh))
+            and c.get("CT", 4) <= max(4, g.cin)
+        )
+
+    return ndrange, worth
+
+
+_depthwise_local_ndrange, _depthwise_local_worth = _cooperative(lambda g: g.cin)
 
 
 def _stride_one_depthwise(g: ConvGeometry) -> bool:
@@ -566,8 +580,7 @@ DEPTHWISE_LOCAL = Variant(
         g.dw,
         g.pad_top,
         g.pad_left,
-        _phase_tiles(g.wo, g.dw, c["LX"] * c["PX"])[1],
-        _phase_tiles(g.ho, g.dh, c["LY"])[1],
+        *_phase_grid(g, c)[1::2],
     ),  # fmt: skip
     ndrange=_depthwise_local_ndrange,
 )
@@ -582,26 +595,7 @@ def _local_bytes(g: ConvGeometry, c: Config, dtype: np.dtype) -> int:
     return (staged + weights) * np.dtype(dtype).itemsize
 
 
-def _local_tiles(g: ConvGeometry, c: Config) -> tuple[int, int, int, int]:
-    """(PHX, TX, PHY, TY): phases and tiles per phase along the columns and rows (phase_tile.h)."""
-    return (*_phase_tiles(g.wo, g.dw, c["LX"] * c["PX"]), *_phase_tiles(g.ho, g.dh, c["LY"] * c["PY"]))
-
-
-def _local_ndrange(g: ConvGeometry, c: Config):
-    phx, tx, phy, ty = _local_tiles(g, c)
-    groups = (_ceil_div(g.cout, c["LC"] * c["VW"]), phx * tx, g.n * phy * ty)
-    local = (c["LC"], c["LX"], c["LY"])
-    return tuple(n * size for n, size in zip(groups, local, strict=True)), local
-
-
-def _local_worth(g: ConvGeometry, c: Config) -> bool:
-    # No more output channels, tile columns, rows or staged channels than there are.
-    return (
-        (c["LC"] == 1 or c["LC"] * c["VW"] <= g.cout)
-        and (c["LX"] * c["PX"] <= max(c["PX"], _ceil_div(g.wo, g.dw)))
-        and (c["LY"] * c["PY"] <= max(c["PY"], _ceil_div(g.ho, g.dh)))
-        and (c["CT"] == 4 or c["CT"] <= g.cin)
-    )
+_local_ndrange, _local_worth = _cooperative(lambda g: g.cout)
 
 
 def _stride_one_dense(g: ConvGeometry) -> bool:
@@ -609,10 +603,13 @@ def _stride_one_dense(g: ConvGeometry) -> bool:
 
 
 # The work-group shapes the tuner tries, (LC, LX, LY, PX, PY): 64 to 256
-# work-items (two to eight warps or wavefronts), tiles of 8x8 to 16x16
-# outputs; with each vector width that divides COUT up to 4 (the widths a GPU
-# loads at once) and CT of 8 or 16.  Any valid configuration may still be
-# stored and run; this only keeps the search to minutes.
+# work-items (two to eight warps or wavefronts), tiles of 8x8 to 16x32
+# outputs (the larger the tile, the fewer times its weights are read: W4 on
+# one image moves 1.7x its lower bound with 16x16, 4.5x with 8x8, counted by
+# Oclgrind); with each vector width that divides COUT up to 8 and CT of 4, 8
+# or 16 (the device's local memory decides which fit).  Any valid
+# configuration may still be stored and run; this only keeps the search to
+# minutes.
 _LOCAL_SHAPES = (
     (16, 4, 4, 2, 2),
     (8, 4, 4, 2, 4),
@@ -621,6 +618,8 @@ _LOCAL_SHAPES = (
     (4, 4, 8, 4, 2),
     (32, 2, 2, 4, 4),
     (4, 8, 8, 2, 2),
+    (16, 4, 4, 4, 4),
+    (8, 8, 4, 4, 4),
 )
 
 
@@ -631,9 +630,9 @@ class _LocalVariant(Variant):
         if not _stride_one_dense(g):
             return []
         out = []
-        for vw in (v for v in (1, 2, 4) if g.cout % v == 0):
+        for vw in (v for v in (1, 2, 4, 8) if g.cout % v == 0):
             for lc, lx, ly, px, py in _LOCAL_SHAPES:
-                for ct in (8, 16):
+                for ct in (4, 8, 16):
                     config = {"VW": vw, "PX": px, "PY": py, "LC": lc, "LX": lx, "LY": ly, "CT": ct}
                     if self.valid(config) and self.applies(g, config) and self.worth(g, config):
                         out.append(config)
@@ -663,7 +662,7 @@ LOCAL = _LocalVariant(
     options=lambda g, c: [
         *(f"-D{k}={c[k]}" for k in ("VW", "PX", "PY", "LC", "LX", "LY", "CT")),
         *_extent(g),
-    ],  # noqa: E501
+    ],
     scalars=lambda g, c: (
         g.h,
         g.w,
@@ -675,8 +674,7 @@ LOCAL = _LocalVariant(
         g.dw,
         g.pad_top,
         g.pad_left,
-        _local_tiles(g, c)[1],
-        _local_tiles(g, c)[3],
+        *_phase_grid(g, c)[1::2],
     ),  # fmt: skip
     ndrange=_local_ndrange,
 )

@@ -21,7 +21,7 @@
 //          dim2 = N * HO exactly.
 // Work-item (cb, bx, n*HO + oy) computes y[n, oy, bx*PX + p, (cb*VW + l)*M + m]
 // for p < PX, l < VW, m < M.
-// Build options: VW, PX, M, KH, KW below, and those of common.h.
+// Build options: VW, PX, KH, KW below, M (depthwise.h), and those of common.h.
 
 #ifndef VW
 #define VW 4             // channels per work-item, one vector: 1, 2, 4, 8 or 16
@@ -29,51 +29,17 @@
 #ifndef PX
 #define PX 4             // output pixels along a row per work-item
 #endif
-#ifndef M
-#define M 1              // depth multiplier: output channels per input channel
-#endif
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
 #endif
 #ifndef KW
 #define KW 3             // kernel columns
 #endif
-#include "common.h"
+#include "depthwise.h"
 
-#if VW != 1 && VW != 2 && VW != 4 && VW != 8 && VW != 16
-#error "VW must be 1, 2, 4, 8 or 16"
+#if PX < 1 || KH < 1 || KW < 1
+#error "PX, KH and KW must be positive"
 #endif
-#if PX < 1 || M < 1 || KH < 1 || KW < 1
-#error "PX, M, KH and KW must be positive"
-#endif
-
-#if VW == 1
-typedef REAL realv;
-#define LOADV(p) (*(p))
-#define STOREV(p, v) (*(p) = (v))
-#else
-typedef CAT(REAL, VW) realv;
-#define LOADV(p) CAT(vload, VW)(0, (p))
-#define STOREV(p, v) CAT(vstore, VW)((v), 0, (p))
-#endif
-typedef union { realv v; REAL s[VW]; } lanes;
-
-// The M weight (or bias) vectors of channels c0 .. c0 + VW - 1 at p, which
-// holds C*M values per tap: contiguous when M = 1, every M-th otherwise.
-static inline void load_multipliers(realv out[M], const __global REAL *p)
-{
-#if M == 1
-    out[0] = LOADV(p);
-#else
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-        lanes u;
-#pragma unroll
-        for (int l = 0; l < VW; ++l) u.s[l] = p[l * M + m];
-        out[m] = u.v;
-    }
-#endif
-}
 
 __kernel void conv2d_depthwise(__global const REAL *restrict x,
                                __global const REAL *restrict w,
@@ -132,28 +98,14 @@ __kernel void conv2d_depthwise(__global const REAL *restrict x,
         }
     }
 
-#if HAS_BIAS
     realv bv[M];
+#if HAS_BIAS
     load_multipliers(bv, bias + (long)c0 * M);
-#define WITH_BIAS(v, m) ((v) + bv[m])
-#else
-#define WITH_BIAS(v, m) (v)
 #endif
     __global REAL *yrow = y + ((long)row * WO + ox0) * C * M + (long)c0 * M;
 #pragma unroll
     for (int p = 0; p < PX; ++p) {
         if (p >= npx) continue;                    // (not break: the loop unrolls)
-        __global REAL *yp = yrow + (long)p * C * M;
-#if M == 1
-        STOREV(yp, ACTIVATE(WITH_BIAS(acc[p][0], 0)));
-#else
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-            lanes u;
-            u.v = ACTIVATE(WITH_BIAS(acc[p][m], m));
-#pragma unroll
-            for (int l = 0; l < VW; ++l) yp[l * M + m] = u.s[l];
-        }
-#endif
+        store_multipliers(yrow + (long)p * C * M, acc[p], bv);
     }
 }

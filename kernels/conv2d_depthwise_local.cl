@@ -27,7 +27,7 @@
 //   dim2 = LY * N * PHY * TY, with PHY = min(DH, HO) and TY = ceil(ceil(HO / DH) / TH).
 // Group (cg, rx*TX + tx, (n*PHY + ry)*TY + ty) computes y[n, ry + DH*(ty*TH + i), rx + DW*(tx*TW + j), ...]
 // for the tile's i < TH, j < TW that fall inside the output.
-// Build options: VW, PX, LC, LX, LY, M, KH, KW below, and those of common.h.
+// Build options: VW, PX, LC, LX, LY, KH, KW below, M (depthwise.h), and those of common.h.
 
 #ifndef VW
 #define VW 4             // channels per work-item, one vector: 1, 2, 4, 8 or 16
@@ -44,35 +44,18 @@
 #ifndef LY
 #define LY 4             // work-items along the tile's rows (one row each)
 #endif
-#ifndef M
-#define M 1              // depth multiplier: output channels per input channel
-#endif
 #ifndef KH
 #define KH 3             // kernel rows
 #endif
 #ifndef KW
 #define KW 3             // kernel columns
 #endif
-#include "common.h"
+#include "depthwise.h"
 #include "phase_tile.h"
 
-#if VW != 1 && VW != 2 && VW != 4 && VW != 8 && VW != 16
-#error "VW must be 1, 2, 4, 8 or 16"
+#if PX < 1 || LC < 1 || LX < 1 || LY < 1 || KH < 1 || KW < 1
+#error "PX, LC, LX, LY, KH and KW must be positive"
 #endif
-#if PX < 1 || LC < 1 || LX < 1 || LY < 1 || M < 1 || KH < 1 || KW < 1
-#error "PX, LC, LX, LY, M, KH and KW must be positive"
-#endif
-
-#if VW == 1
-typedef REAL realv;
-#define LOADV(p) (*(p))
-#define STOREV(p, v) (*(p) = (v))
-#else
-typedef CAT(REAL, VW) realv;
-#define LOADV(p) CAT(vload, VW)(0, (p))
-#define STOREV(p, v) CAT(vstore, VW)((v), 0, (p))
-#endif
-typedef union { realv v; REAL s[VW]; } lanes;
 
 #define TH LY                          // tile rows
 #define TW (LX * PX)                   // tile columns
@@ -162,35 +145,15 @@ void conv2d_depthwise_local(__global const REAL *restrict x,
         }
     }
 
-#if HAS_BIAS
     realv bv[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-        lanes u;
-#pragma unroll
-        for (int l = 0; l < VW; ++l) u.s[l] = bias[(long)(ch0 + l) * M + m];
-        bv[m] = u.v;
-    }
-#define WITH_BIAS(v, m) ((v) + bv[m])
-#else
-#define WITH_BIAS(v, m) (v)
+#if HAS_BIAS
+    load_multipliers(bv, bias + (long)ch0 * M);
 #endif
     __global REAL *yrow = y + (((long)n * HO + oy) * WO) * C * M + (long)ch0 * M;
 #pragma unroll
     for (int p = 0; p < PX; ++p) {
         const int ox = rx + DW * (px0 + lx * PX + p);
         if (ox >= WO) continue;                    // (not break: the loop unrolls)
-        __global REAL *yp = yrow + (long)ox * C * M;
-#if M == 1
-        STOREV(yp, ACTIVATE(WITH_BIAS(acc[p][0], 0)));
-#else
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-            lanes u;
-            u.v = ACTIVATE(WITH_BIAS(acc[p][m], m));
-#pragma unroll
-            for (int l = 0; l < VW; ++l) yp[l * M + m] = u.s[l];
-        }
-#endif
+        store_multipliers(yrow + (long)ox * C * M, acc[p], bv);
     }
 }

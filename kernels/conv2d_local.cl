@@ -60,24 +60,11 @@
 #ifndef KW
 #define KW 3             // kernel columns
 #endif
-#include "common.h"
+#include "vector.h"
 #include "phase_tile.h"
 
-#if VW != 1 && VW != 2 && VW != 4 && VW != 8 && VW != 16
-#error "VW must be 1, 2, 4, 8 or 16"
-#endif
 #if PX < 1 || PY < 1 || LC < 1 || LX < 1 || LY < 1 || CT < 1 || KH < 1 || KW < 1
 #error "PX, PY, LC, LX, LY, CT, KH and KW must be positive"
-#endif
-
-#if VW == 1
-typedef REAL realv;
-#define LOADV(p) (*(p))
-#define STOREV(p, v) (*(p) = (v))
-#else
-typedef CAT(REAL, VW) realv;
-#define LOADV(p) CAT(vload, VW)(0, (p))
-#define STOREV(p, v) CAT(vstore, VW)((v), 0, (p))
 #endif
 
 #define TH (LY * PY)                   // tile rows

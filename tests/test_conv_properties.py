@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import reference, variants
+from clatrous import params, reference, runtime, variants
 
 
 @given(conv2d_problem())
@@ -144,6 +144,7 @@ def test_local_variant_over_channel_tiles(problem, data):
     config = {name: data.draw(st.sampled_from(values), label=name) for name, values in space.items()}
     config["VW"] = data.draw(st.sampled_from([v for v in (1, 2, 4, 8) if g.cout % v == 0]), label="VW")
     assume(variants.LOCAL.valid(config))
+    assume(params.fits(runtime.get_runtime().info, variants.LOCAL, config, x.dtype, g))  # its local memory
     out = forced_call(("local", config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
 

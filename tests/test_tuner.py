@@ -9,7 +9,7 @@ from helpers import assert_matches_reference, geometry_of
 
 import clatrous
 from clatrous import launch, params, reference, runtime, tuner
-from clatrous.arguments import prepare
+from clatrous.arguments import prepare, prepare_depthwise
 from clatrous.conv import CONV2D
 
 X_SHAPE, K_SHAPE = (1, 9, 10, 3), (3, 3, 3, 8)
@@ -108,6 +108,24 @@ def test_tune_command_line(cache, capfd):
     assert main(["tune", "conv2d:n=1,h=8,bogus=3"]) == 2
 
 
+def test_tune_command_line_tunes_a_depthwise_layer(cache, capfd):
+    # g=cin: the depthwise variants, stored under the key depthwise_conv2d reads.
+    from clatrous.__main__ import main
+
+    shape = "conv2d:n=1,h=12,w=12,cin=8,cout=8,k=3,d=2,g=8,padding=same"
+    assert main(["tune", shape, "--repeats", "1", "--budget", "10"]) == 0
+    assert "depthwise" in capfd.readouterr().out
+    stored = json.loads((cache / "tuning.json").read_text())
+    entry = next(iter(stored["devices"].values()))["float32 cin=8 cout=8 k=3x3 s=1x1 d=2x2 g=8"]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 12, 12, 8)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 8, 1)).astype(np.float32)
+    g = prepare_depthwise(x, k, None, strides=1, padding="same", padding_mode="zeros", dilation_rate=2,
+                          activation=None).geometry  # fmt: skip
+    chosen = params.choose(runtime.get_runtime().info, CONV2D, g, np.float32)
+    assert chosen == (entry["variant"], entry["config"])
+
+
 def test_a_time_budget_stops_the_search_after_the_default(cache):
     result = tuner.tune(X_SHAPE, K_SHAPE, progress=False, repeats=1, budget_s=0, **GEOMETRY)
     info = runtime.get_runtime().info
@@ -185,6 +203,7 @@ SHAPE = "conv2d:n=1,h=8,w=8,cin=2,cout=4,k=3,d=2"
         (["tune", SHAPE, "--budget", "-1"], ["--budget", "-1"]),
         (["tune", SHAPE, "--budget", "nan"], ["--budget", "nan"]),
         (["tune", SHAPE, "--top", "-1"], ["--top", "-1"]),
+        (["tune", "conv2d:n=1,h=8,w=8,cin=4,cout=4,g=3"], ["g (groups)", "g=3"]),
     ],
 )
 def test_every_bad_tune_argument_is_exit_2_and_one_line(cache, capfd, argv, words):
