@@ -254,6 +254,18 @@ def _extent(g: ConvGeometry) -> list[str]:
     return [f"-DKH={g.kh}", f"-DKW={g.kw}"]
 
 
+def border_far(g: ConvGeometry) -> bool:
+    """Whether a pad of ``g`` is as wide as its axis or wider, under a border that reflects or wraps.
+
+    Then the kernels' border index needs its general form (a remainder);
+    otherwise one reflection or wrap reaches every tap (``BORDER_FAR`` in
+    ``kernels/common.h``).
+    """
+    if g.border in ("zeros", "replicate"):
+        return False
+    return max(g.pad_top, g.pad_bottom) >= g.h > 1 or max(g.pad_left, g.pad_right) >= g.w > 1
+
+
 def make_plan(
     variant: Variant, config: Config, g: ConvGeometry, dtype: np.dtype, activation: str, has_bias: bool
 ) -> Plan:
@@ -266,6 +278,7 @@ def make_plan(
     options = [
         *_common_options(dtype, activation, has_bias),
         f"-DBORDER={BORDERS[g.border]}",
+        f"-DBORDER_FAR={int(border_far(g))}",
         *variant.options(g, config),
     ]
     global_size, local_size = _ndrange(*variant.ndrange(g, config))

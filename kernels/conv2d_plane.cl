@@ -69,47 +69,6 @@ typedef CAT(REAL_MASK, VW) maskv;    // what select() takes with realv
 // A vector and its elements, for the lane-by-lane paths.
 typedef union { realv v; REAL s[VW]; } lanes;
 
-typedef CAT(int, VW) intv;
-typedef union { intv v; int s[VW]; } int_lanes;
-#if VW == 2
-#define LANE_INDEX ((intv)(0, 1))
-#elif VW == 4
-#define LANE_INDEX ((intv)(0, 1, 2, 3))
-#elif VW == 8
-#define LANE_INDEX ((intv)(0, 1, 2, 3, 4, 5, 6, 7))
-#else
-#define LANE_INDEX ((intv)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
-#endif
-
-// The input columns the lanes of a vector starting at column i0 read under
-// the border: border_index for every lane, computed as one vector while
-// each lane is at most one axis length outside (one reflection or wrap),
-// lane by lane only past that.  Per-lane scalar index code at the two edges
-// made W5 with reflect 1.2x as slow as with zeros.
-static inline int_lanes border_lanes(const int i0, const int n)
-{
-    const intv i = (intv)(i0) + LANE_INDEX * SW;
-    // clamp(i, 0, n - 1) spelled with vector bounds: Oclgrind 21.10's clamp
-    // of an int vector between scalars returns zeros.
-    const intv clamped = min(max(i, (intv)(0)), (intv)(n - 1));
-    int_lanes j;
-#if BORDER == 1
-    j.v = 2 * clamped - i;
-#elif BORDER == 2
-    j.v = clamped;
-#elif BORDER == 3
-    j.v = i + select((intv)(0), (intv)(n), i < 0) - select((intv)(0), (intv)(n), i >= n);
-#else  // symmetric (under zeros this is never called)
-    j.v = select(i, select(-1 - i, 2 * n - 1 - i, i >= n), i < 0 || i >= n);
-#endif
-    if (any(j.v < 0 || j.v >= n)) {
-        const int_lanes at = { .v = i };
-#pragma unroll
-        for (int k = 0; k < VW; ++k) j.s[k] = border_index(at.s[k], n);
-    }
-    return j;
-}
-
 // Adds one loaded input vector, input row t of the work-item and kernel
 // column kx, to every output row it serves (kernel row ky = t - j).  Always
 // inlined with constant t and kx, so the tests fold away and acc stays in
@@ -212,10 +171,11 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                 } else {
                     // Another border: every lane reads real input, where
                     // border_index maps it.
+                    // (border_index is straight-line code unless a pad
+                    // is as wide as the axis: BORDER_FAR in common.h.)
                     lanes u;
-                    const int_lanes at = border_lanes(ix0, W);
 #pragma unroll
-                    for (int i = 0; i < VW; ++i) u.s[i] = xrow[at.s[i]];
+                    for (int i = 0; i < VW; ++i) u.s[i] = xrow[border_index(ix0 + i * SW, W)];
                     add_tap(acc, wk, t, kx, u.v);
                 }
             }

@@ -26,6 +26,7 @@ import clatrous
 from clatrous import reference, runtime
 from clatrous.arguments import prepare_depthwise
 from clatrous.geometry import border_index
+from clatrous.variants import border_far
 
 NP_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap",
            "symmetric": "symmetric"}  # fmt: skip
@@ -164,9 +165,19 @@ def test_depthwise_local_code_paths(shape, config):
     assert_matches_reference(out, x, kernel, bias, conv=reference.depthwise_conv2d, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "pads",
+    [((9, 12), (13, 7)), ((2, 2), (3, 3)), ((3, 2), (1, 4))],
+    ids=["much-wider", "one-short-of-the-axis", "as-wide-as-the-axis"],
+)
 @pytest.mark.parametrize("mode", MODES)
-def test_pads_much_wider_than_the_image_on_every_variant(mode):
-    """Pads of 3-4 image widths: np.pad reflects or wraps again and again."""
+def test_pads_much_wider_than_the_image_on_every_variant(mode, pads):
+    """Pads of 3-4 image widths: np.pad reflects or wraps again and again.
+
+    And pads one short of the axis (3 rows, 4 columns), the widest that the
+    kernels' straight-line border index takes (BORDER_FAR=0), and as wide as
+    the axis, where the general one takes over.
+    """
     rng = np.random.default_rng(11)
     cases = [  # (x, kernel, depthwise?)
         (rng.standard_normal((1, 3, 4, 1)), rng.standard_normal((3, 3, 1, 1)), False),  # plane
@@ -175,13 +186,14 @@ def test_pads_much_wider_than_the_image_on_every_variant(mode):
     ]
     for x, kernel, depthwise in cases:
         x, kernel = x.astype(np.float32), kernel.astype(np.float32)
-        kwargs = dict(padding=((9, 12), (13, 7)), dilation_rate=(2, 3), padding_mode=mode)
+        kwargs = dict(padding=pads, dilation_rate=(2, 3), padding_mode=mode)
         if depthwise:
             g = prepare_depthwise(x, kernel, None, strides=1, activation=None, **kwargs).geometry
             fn, conv = clatrous.depthwise_conv2d, reference.depthwise_conv2d
         else:
             g = geometry_of(x, kernel, None, **kwargs)
             fn, conv = clatrous.conv2d, reference.conv2d
+        assert border_far(g) == (mode not in ("zeros", "replicate") and pads[0] != (2, 2))
         by_variant = {}
         for name, config in choices(g, x.dtype):  # the first and last configuration of each variant
             by_variant.setdefault(name, []).append(config)
