@@ -449,6 +449,20 @@ class Runtime:
         self.launches: OrderedDict = OrderedDict()
         self.launch_lock = threading.Lock()
 
+    @property
+    def side_queue(self) -> cl.CommandQueue:
+        """A second queue of this context and device, made on first use.
+
+        For a blocking command that must not wait behind the kernels queued
+        on :attr:`queue` (mapping a new buffer to advise its pages): a chain
+        of launches never waits on the host between its steps.
+        """
+        with self.launch_lock:
+            side = self.__dict__.get("_side_queue")
+            if side is None:
+                side = self._side_queue = cl.CommandQueue(self.context, self.device)
+            return side
+
     def program(self, source: str, options: tuple[str, ...]) -> cl.Program:
         """``source`` built with ``options`` for this device, built at most once per process."""
         return _build(self.context, self.device, source, options)

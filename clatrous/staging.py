@@ -89,13 +89,16 @@ def device_empty(runtime: Runtime, shape: tuple[int, ...], dtype) -> cl_array.Ar
     a call without, 32 ms with (both drivers).  The buffer stays the
     driver's (mapped once to learn its address, then unmapped), so its
     lifetime is the driver's business; a wrapper around host memory of ours
-    would be freed by Python while a queued kernel still reads it.
+    would be freed by Python while a queued kernel still reads it.  The map
+    goes through the runtime's side queue: on the main queue a blocking map
+    would wait for every kernel queued before it, a host wait in a chain.
     """
     dtype = np.dtype(dtype)
     result = cl_array.empty(runtime.queue, shape, dtype)
     if runtime.info.host_memory and result.nbytes >= HOST_BACKED_BYTES and _MADVISE is not None:
+        side = runtime.side_queue
         mapped, _ = cl.enqueue_map_buffer(
-            runtime.queue,
+            side,
             result.base_data,
             cl.map_flags.WRITE_INVALIDATE_REGION,
             0,
@@ -108,7 +111,8 @@ def device_empty(runtime: Runtime, shape: tuple[int, ...], dtype) -> cl_array.Ar
             end = (mapped.ctypes.data + result.nbytes) // _PAGE * _PAGE
             _MADVISE(start, end - start, _MADV_HUGEPAGE)  # a hint: an error changes nothing
         finally:
-            mapped.base.release(runtime.queue)
+            mapped.base.release(side)
+        side.finish()  # the unmap, before the main queue's kernels write the buffer
     return result
 
 

@@ -48,11 +48,13 @@ def test_device_results_carry_their_event_and_the_next_call_waits_for_it():
         assert_matches_reference(second.get(), middle, k2, padding="same")
 
 
-def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_valid():
+def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_valid(monkeypatch):
     # A large device result on a CPU device is advised as huge pages
     # (staging.device_empty).  A first version wrapped NumPy memory instead:
     # dropping the intermediate freed that memory while the next kernel was
-    # still reading it (a segmentation fault in this very pattern).
+    # still reading it (a segmentation fault in this very pattern).  The
+    # next one mapped the new buffer on the main queue, blocking: a host
+    # wait for the kernel before it, in the middle of a chain.
     rt = runtime.get_runtime()
     if on_oclgrind():
         pytest.skip("needs a result of 4 MiB (staging.HOST_BACKED_BYTES); too slow on the simulator")
@@ -60,9 +62,24 @@ def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_vali
     x = rng.standard_normal((1, 512, 520, 4)).astype(np.float32)
     dk = rng.standard_normal((3, 3, 4, 1)).astype(np.float32)
     pk = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
-    middle = clatrous.depthwise_conv2d(cl_array.to_device(rt.queue, x), dk, padding="same", dilation_rate=2)
+    x_dev = cl_array.to_device(rt.queue, x)
+    rt.queue.finish()
+    blocking = []
+    real_map = cl.enqueue_map_buffer
+
+    def map_buffer(queue, *args, **kwargs):
+        if queue is rt.queue and kwargs.get("is_blocking", True):
+            blocking.append("enqueue_map_buffer")
+        return real_map(queue, *args, **kwargs)
+
+    monkeypatch.setattr(cl, "enqueue_map_buffer", map_buffer)
+    monkeypatch.setattr(cl.CommandQueue, "finish", lambda q, _r=cl.CommandQueue.finish: (
+        blocking.append("finish") if q is rt.queue else None) or _r(q))  # fmt: skip
+    middle = clatrous.depthwise_conv2d(x_dev, dk, padding="same", dilation_rate=2)
     assert middle.nbytes >= staging.HOST_BACKED_BYTES
     result = clatrous.conv2d(middle, pk)
+    assert not blocking, f"the chain waited on the host: {blocking}"
+    monkeypatch.undo()
     del middle  # only the queued kernel holds it now
     gc.collect()
     expected = reference.depthwise_conv2d(x, dk, padding="same", dilation_rate=2)
