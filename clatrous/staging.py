@@ -50,7 +50,7 @@ SMALL_BYTES = 64 * 1024
 # A new device result of at least this size, on a device that computes in
 # host memory, is advised as huge pages (see :func:`device_empty`); NumPy's
 # own threshold for that is 4 MiB too.
-HOST_BACKED_BYTES = 4 * 1024 * 1024
+HUGE_PAGE_BYTES = 4 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
 _MADV_HUGEPAGE = 14  # Linux only; elsewhere there is no madvise to call
 _MADVISE = None
@@ -95,7 +95,7 @@ def device_empty(runtime: Runtime, shape: tuple[int, ...], dtype) -> cl_array.Ar
     """
     dtype = np.dtype(dtype)
     result = cl_array.empty(runtime.queue, shape, dtype)
-    if runtime.info.host_memory and result.nbytes >= HOST_BACKED_BYTES and _MADVISE is not None:
+    if runtime.info.host_memory and result.nbytes >= HUGE_PAGE_BYTES and _MADVISE is not None:
         side = runtime.side_queue
         mapped, _ = cl.enqueue_map_buffer(
             side,

@@ -594,7 +594,7 @@ DEPTHWISE_LOCAL = Variant(
         g.pad_top,
         g.pad_left,
         *_phase_grid(g, c)[1::2],
-    ),  # fmt: skip
+    ),
     ndrange=_depthwise_local_ndrange,
 )
 
@@ -688,7 +688,7 @@ LOCAL = _LocalVariant(
         g.pad_top,
         g.pad_left,
         *_phase_grid(g, c)[1::2],
-    ),  # fmt: skip
+    ),
     ndrange=_local_ndrange,
 )
 

@@ -57,7 +57,7 @@ def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_vali
     # wait for the kernel before it, in the middle of a chain.
     rt = runtime.get_runtime()
     if on_oclgrind():
-        pytest.skip("needs a result of 4 MiB (staging.HOST_BACKED_BYTES); too slow on the simulator")
+        pytest.skip("needs a result of 4 MiB (staging.HUGE_PAGE_BYTES); too slow on the simulator")
     rng = np.random.default_rng(22)
     x = rng.standard_normal((1, 512, 520, 4)).astype(np.float32)
     dk = rng.standard_normal((3, 3, 4, 1)).astype(np.float32)
@@ -76,7 +76,7 @@ def test_a_large_device_result_dropped_while_the_next_kernel_reads_it_stays_vali
     monkeypatch.setattr(cl.CommandQueue, "finish", lambda q, _r=cl.CommandQueue.finish: (
         blocking.append("finish") if q is rt.queue else None) or _r(q))  # fmt: skip
     middle = clatrous.depthwise_conv2d(x_dev, dk, padding="same", dilation_rate=2)
-    assert middle.nbytes >= staging.HOST_BACKED_BYTES
+    assert middle.nbytes >= staging.HUGE_PAGE_BYTES
     result = clatrous.conv2d(middle, pk)
     assert not blocking, f"the chain waited on the host: {blocking}"
     monkeypatch.undo()
