@@ -243,6 +243,28 @@ def clatrous_out(wl, rt):
     return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, out=out, **wl.kwargs)
 
 
+def clatrous_channels_first(wl, rt):
+    """The host call on channels-first data (N, C, H, W), PyTorch's layout: x transposed before timing."""
+    a = wl.arrays
+    x = np.ascontiguousarray(np.moveaxis(a["x"], -1, 1))
+    if wl.kind == "separable":
+        layer = clatrous.SeparableConv2D(
+            wl.cout, (wl.kh, wl.kw), padding=wl.padding, dilation_rate=wl.d, strides=wl.s,
+            data_format="channels_first", device=rt.queue,
+        )  # fmt: skip
+        layer.set_weights([a["k"], a["pk"], a["b"]])
+        call = lambda: layer(x)  # noqa: E731
+    else:
+        fn = {"conv1d": clatrous.conv1d, "conv2d": clatrous.conv2d}.get(wl.kind) or clatrous.depthwise_conv2d
+        call = lambda: fn(x, a["k"], a["b"], device=rt.queue, data_format="channels_first", **wl.kwargs)  # noqa: E731
+    expected = np.moveaxis(clatrous_host(wl, rt)(), -1, 1)
+    got = call()
+    scale = np.max(np.abs(expected)) + 1e-30
+    if not np.max(np.abs(got - expected)) / scale < 1e-4:
+        raise SystemExit(f"{wl.name}: clatrous channels-first differs from channels-last")
+    return call
+
+
 def clatrous_direct(wl, rt):
     if wl.kind == "separable":
         return None
@@ -509,6 +531,7 @@ PEERS = {
     "clatrous (zeros border)": clatrous_zeros,
     "clatrous (results kept)": clatrous_kept,
     "clatrous (out=)": clatrous_out,
+    "clatrous (channels-first)": clatrous_channels_first,
     "PyTorch": pytorch,
     "PyTorch (CUDA)": pytorch_cuda,
     "tinygrad (CL)": tinygrad,
@@ -747,6 +770,9 @@ def render(rows, peers, bandwidth, best) -> str:
     border = "clatrous (zeros border)" in names  # a row with another border: its cost over zeros
     if border:
         head.append("border / zeros")
+    first = "clatrous (channels-first)" in names  # PyTorch's own layout, both sides
+    if first:
+        head.append("channels-first / PyTorch")
     if cuda:
         head.append("clatrous (device arrays) / PyTorch (CUDA)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -761,6 +787,9 @@ def render(rows, peers, bandwidth, best) -> str:
         if border:
             zeros_t = m.get("clatrous (zeros border)")
             cells.append(f"{main_t / zeros_t:.2f}x" if main_t and zeros_t else "-")
+        if first:
+            first_t = m.get("clatrous (channels-first)")
+            cells.append(f"{first_t / torch_t:.2f}x" if first_t and torch_t else "-")
         if cuda:
             device_t, cuda_t = m.get("clatrous (device arrays)"), m.get("PyTorch (CUDA)")
             cells.append(f"{device_t / cuda_t:.2f}x" if device_t and cuda_t else "-")

@@ -13,6 +13,7 @@ the result dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -25,8 +26,10 @@ __all__ = [
     "MAX_BRANCHES",
     "Prepared",
     "PreparedBranches",
+    "channels_last_view",
     "check_out",
     "host_array",
+    "is_channels_first",
     "normalize_activation",
     "normalize_data_format",
     "to_channels_first",
@@ -97,15 +100,15 @@ def normalize_data_format(data_format) -> str:
 def to_channels_last(x, data_format, ndim: int):
     """(``x`` with its channels last, whether the result must move them back to axis 1).
 
-    A channels-first host array is read through a transposed view (staging
-    then makes the one contiguous copy a kernel reads); a device Array must
-    be channels-last, as the kernels index NHWC.
+    For what computes channels-last only (the NumPy reference, the layers
+    that chain several steps): a channels-first host array is read through
+    a transposed view; a device Array must be channels-last.
     """
-    if normalize_data_format(data_format) == "channels_last":
+    if not is_channels_first(data_format):
         return x, False
     if is_device_array(x):
         raise ValueError(
-            "data_format='channels_first' takes host arrays; give a device x channels-last "
+            "data_format='channels_first' takes host arrays here; give a device x channels-last "
             f"{'(N, L, C_in)' if ndim == 1 else '(N, H, W, C_in)'}"
         )
     x = host_array(x, "x")
@@ -117,9 +120,27 @@ def to_channels_last(x, data_format, ndim: int):
     return np.moveaxis(x, 1, -1), True
 
 
+def is_channels_first(data_format) -> bool:
+    """Whether ``data_format`` (checked) names the channels-first layout."""
+    return normalize_data_format(data_format) == "channels_first"
+
+
 def to_channels_first(result):
     """A channels-last result as a C-contiguous channels-first array."""
     return np.ascontiguousarray(np.moveaxis(result, -1, 1))
+
+
+def channels_last_view(prepared: Prepared) -> Prepared:
+    """A channels-first host call as the same call on a channels-last (transposed) view of ``x``.
+
+    For what only computes channels-last: splitting a problem too large for
+    one launch.  The result comes out channels-last.
+    """
+    g = prepared.geometry
+    x = np.asarray(prepared.x).reshape(g.input_shape)
+    return dataclasses.replace(
+        prepared, x=np.moveaxis(x, 1, -1), geometry=dataclasses.replace(g, channels_first=False)
+    )
 
 
 def check_out(out, prepared: Prepared, shape: tuple[int, ...]):
@@ -278,11 +299,16 @@ def prepare(
     ndim: int,
     groups=1,
     padding_mode="zeros",
+    channels_first: bool = False,
 ) -> Prepared:
-    """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``)."""
+    """Validate every argument of ``conv1d`` (``ndim=1``) or ``conv2d`` (``ndim=2``).
+
+    With ``channels_first``, ``x`` is ``(N, C_in, H, W)`` (``(N, C_in, L)``)
+    and so is the result; the kernel keeps Keras' layout.
+    """
     x_sig, k_sig = _signature(x), _signature(kernel)
     b_sig = () if bias is None else _signature(bias)
-    args = (strides, padding, dilation_rate, activation, ndim, groups, padding_mode)
+    args = (strides, padding, dilation_rate, activation, ndim, groups, padding_mode, bool(channels_first))
     if x_sig is None or k_sig is None or b_sig is None:
         return _prepare(x, kernel, bias, *args)
     key = (x_sig, k_sig, b_sig, *map(repr, args))
@@ -306,7 +332,17 @@ def prepare(
 
 
 def _prepare(
-    x, kernel, bias, strides, padding, dilation_rate, activation, ndim: int, groups, padding_mode
+    x,
+    kernel,
+    bias,
+    strides,
+    padding,
+    dilation_rate,
+    activation,
+    ndim: int,
+    groups,
+    padding_mode,
+    channels_first,
 ) -> Prepared:
     activation = normalize_activation(activation)
     x = _as_array(x, "x")
@@ -318,7 +354,13 @@ def _prepare(
 
     squeeze = False
     x_shape, k_shape = tuple(x.shape), tuple(kernel.shape)
-    if len(x_shape) == ndim and len(k_shape) == ndim:
+    if channels_first:
+        if len(x_shape) != ndim + 2:
+            layout = "(N, C_in, L)" if ndim == 1 else "(N, C_in, H, W)"
+            raise ValueError(
+                f"x must be {ndim + 2}-D {layout} with data_format='channels_first', got shape {x_shape}"
+            )
+    elif len(x_shape) == ndim and len(k_shape) == ndim:
         if is_device_array(x) or is_device_array(kernel):
             raise ValueError(
                 f"the {ndim}-D shorthand takes host arrays; give a device x as "
@@ -342,6 +384,7 @@ def _prepare(
         ndim=ndim,
         groups=groups,
         padding_mode=padding_mode,
+        channels_first=channels_first,
     )
     kernel = _cast_weights(kernel, "kernel", dtype, tuple(kernel.shape))
     if bias is not None:
@@ -353,7 +396,7 @@ def _prepare(
 
 
 def prepare_depthwise(
-    x, kernel, bias, *, strides, padding, padding_mode, dilation_rate, activation
+    x, kernel, bias, *, strides, padding, padding_mode, dilation_rate, activation, channels_first=False
 ) -> Prepared:
     """Validate a ``depthwise_conv2d`` call, as the grouped convolution it is.
 
@@ -365,15 +408,17 @@ def prepare_depthwise(
     x = _as_array(x, "x")
     kernel = _as_array(kernel, "kernel")
     if len(x.shape) != 4:
-        raise ValueError(f"x must be 4-D (N, H, W, C_in), got shape {tuple(x.shape)}")
+        layout = "(N, C_in, H, W)" if channels_first else "(N, H, W, C_in)"
+        raise ValueError(f"x must be 4-D {layout}, got shape {tuple(x.shape)}")
     if len(kernel.shape) != 4:
         raise ValueError(
             f"kernel must be 4-D (kh, kw, C_in, depth_multiplier), got shape {tuple(kernel.shape)}"
         )
     kh, kw, cin, multiplier = (int(v) for v in kernel.shape)
-    if cin != x.shape[3]:
+    x_channels = x.shape[1 if channels_first else 3]
+    if cin != x_channels:
         raise ValueError(
-            f"kernel expects {cin} input channels but x has {x.shape[3]} "
+            f"kernel expects {cin} input channels but x has {x_channels} "
             f"(x shape {tuple(x.shape)}, kernel shape {tuple(kernel.shape)})"
         )
     if multiplier < 1:
@@ -395,6 +440,7 @@ def prepare_depthwise(
         ndim=2,
         groups=cin,
         padding_mode=padding_mode,
+        channels_first=channels_first,
     )
 
 

@@ -17,14 +17,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from . import params, reference
-from .arguments import (
-    check_out,
-    is_device_array,
-    prepare,
-    prepare_depthwise,
-    to_channels_first,
-    to_channels_last,
-)
+from .arguments import check_out, is_channels_first, is_device_array, prepare, prepare_depthwise
 from .execute import run
 from .variants import CONV2D_VARIANTS, Operation
 
@@ -95,9 +88,12 @@ def conv2d(
         map to scipy.ndimage's and PyTorch's.
     data_format : {"channels_last", "channels_first"}
         ``"channels_first"``: ``x`` is ``(N, C_in, H, W)`` and so is the result
-        ``(N, C_out, Ho, Wo)`` (host arrays only: read through a transposed
-        copy, as the kernels index channels-last).  The kernel keeps Keras'
-        layout either way, as in Keras.
+        ``(N, C_out, Ho, Wo)``, host arrays and device Arrays alike.  The
+        plane kernel indexes that layout itself; only a host call with many
+        multiply-adds per output (``kh * kw * C_in / groups`` above
+        ``clatrous.params.CHANNELS_FIRST_MACS``), or one split to fit the
+        device, runs on a transposed copy instead, which is faster there.
+        The kernel keeps Keras' layout either way, as in Keras.
     out : ndarray or pyopencl.array.Array, optional
         Where to write the result (as scipy.ndimage's and OpenCV's ``out``):
         of the result's shape and dtype, C-contiguous, writable, sharing no
@@ -137,7 +133,6 @@ def conv2d(
     array([[ 9., 76.],
            [22., 75.]], dtype=float32)
     """
-    x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare(
         x,
         kernel,
@@ -149,12 +144,10 @@ def conv2d(
         ndim=2,
         groups=groups,
         padding_mode=padding_mode,
+        channels_first=is_channels_first(data_format),
     )
     g = prepared.geometry
-    shape = (
-        (g.n, g.cout, g.ho, g.wo) if channels_first else (g.ho, g.wo) if prepared.squeeze else g.output_shape
-    )
-    return _run_into(prepared, device, g.output_shape, shape, channels_first, out)
+    return _run_into(prepared, device, (g.ho, g.wo) if prepared.squeeze else g.output_shape, out)
 
 
 def conv1d(
@@ -196,7 +189,7 @@ def conv1d(
     TypeError, ValueError, clatrous.ClatrousError
         As :func:`conv2d` raises them, naming the argument.
     """
-    x, channels_first = to_channels_last(x, data_format, 1)
+    channels_first = is_channels_first(data_format)
     prepared = prepare(
         x,
         kernel,
@@ -208,10 +201,11 @@ def conv1d(
         ndim=1,
         groups=groups,
         padding_mode=padding_mode,
+        channels_first=channels_first,
     )
     g = prepared.geometry
     shape = (g.n, g.cout, g.wo) if channels_first else (g.wo,) if prepared.squeeze else (g.n, g.wo, g.cout)
-    return _run_into(prepared, device, (g.n, g.wo, g.cout), shape, channels_first, out)
+    return _run_into(prepared, device, shape, out)
 
 
 def depthwise_conv2d(
@@ -255,7 +249,6 @@ def depthwise_conv2d(
     TypeError, ValueError, clatrous.ClatrousError
         As :func:`conv2d` raises them, naming the argument.
     """
-    x, channels_first = to_channels_last(x, data_format, 2)
     prepared = prepare_depthwise(
         x,
         kernel,
@@ -265,33 +258,24 @@ def depthwise_conv2d(
         padding_mode=padding_mode,
         dilation_rate=dilation_rate,
         activation=activation,
+        channels_first=is_channels_first(data_format),
     )
-    g = prepared.geometry
-    shape = (g.n, g.cout, g.ho, g.wo) if channels_first else g.output_shape
-    return _run_into(prepared, device, g.output_shape, shape, channels_first, out)
+    return _run_into(prepared, device, prepared.geometry.output_shape, out)
 
 
-def _run_into(prepared, device, run_shape, shape, channels_first, out):
-    """Run, then give the result the caller's shape and layout, in ``out`` when given.
+def _run_into(prepared, device, shape, out):
+    """Run, in ``out`` when given, and give the result the caller's ``shape``.
 
-    ``run_shape`` is what the kernels write (channels-last), ``shape`` what
-    the caller gets.  ``out`` is checked before any OpenCL call; a
-    channels-last ``out`` is written by the kernel itself.
+    The kernels write the geometry's ``output_shape`` in the caller's
+    layout; ``shape`` is the same memory as the caller sees it (a 1-D
+    call's 3-D shape, or the bare map of the shorthands, which take host
+    arrays only).  ``out`` is checked before any OpenCL call and written by
+    the kernel itself.
     """
     check_out(out, prepared, shape)
-    if out is None or channels_first:
-        direct = None
-    elif is_device_array(out):
-        direct = out  # a device call has neither the 2-D shorthand nor channels-first: shape == run_shape
-    else:
-        direct = out.reshape(run_shape)  # a view: the kernel writes the caller's memory
+    run_shape = prepared.geometry.output_shape if prepared.squeeze else shape
+    direct = out if out is None or is_device_array(out) else out.reshape(run_shape)
     result = run(CONV2D, prepared, device, run_shape, out=direct)
-    if channels_first:
-        result = to_channels_first(result)
-        if out is None:
-            return result
-        np.copyto(out, result)
-        return out
     if out is not None:
         return out
     return result.reshape(shape) if prepared.squeeze else result

@@ -27,7 +27,7 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from . import params, splitting, staging
-from .arguments import Prepared, is_device_array
+from .arguments import Prepared, channels_last_view, is_device_array
 from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .launch import Launch, get_launch
 from .runtime import Runtime, get_runtime, settings
@@ -173,6 +173,16 @@ def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], o
     choice = params.forced_choice()
     g = prepared.geometry
     pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), resident_input=on_device)
+    if g.channels_first and not on_device:
+        # Splitting cuts bands of channels-last images, and a layer with many
+        # channels runs faster channels-last: then the transposed view, and
+        # the channels moved back (a forced choice that fits runs as forced).
+        in_place = choice is not None or params.channels_first_in_place(runtime.info, g)
+        if len(pieces) > 1 or not in_place:
+            result = np.empty(out_shape, dtype) if out is None else out
+            last = run(op, channels_last_view(prepared), device, (g.n, g.ho, g.wo, g.cout))
+            np.copyto(result.reshape(g.output_shape), np.moveaxis(last, -1, 1))
+            return result
     if len(pieces) == 1:
         return _whole(runtime, op, prepared, out_shape, choice, out)
 

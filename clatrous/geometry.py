@@ -187,8 +187,10 @@ def _check_index_range(spatial, ksize, strides, dilation, pads, padding) -> None
 class ConvGeometry:
     """Every size a 2-D dilated convolution needs, resolved and validated.
 
-    Layout is channels-last: input ``(n, h, w, cin)``, kernel
-    ``(kh, kw, cin, cout)``, output ``(n, ho, wo, cout)``.
+    The kernel is ``(kh, kw, cin // groups, cout)`` (Keras' layout) in every
+    case; the data are channels-last, input ``(n, h, w, cin)`` and output
+    ``(n, ho, wo, cout)``, or with ``channels_first`` input ``(n, cin, h, w)``
+    and output ``(n, cout, ho, wo)``.
     """
 
     n: int
@@ -210,6 +212,7 @@ class ConvGeometry:
     wo: int
     groups: int = 1
     border: str = "zeros"
+    channels_first: bool = False
     # Computed once: a geometry is part of every launch's cache key, and a
     # small call (W1) would otherwise hash its nineteen fields each time.
     _hash: int = field(default=0, init=False, repr=False, compare=False)
@@ -229,7 +232,17 @@ class ConvGeometry:
         return (self.kh, self.kw, self.cin_per_group, self.cout)
 
     @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The input's 4-D shape in its layout (a 1-D input with its row of one)."""
+        if self.channels_first:
+            return (self.n, self.cin, self.h, self.w)
+        return (self.n, self.h, self.w, self.cin)
+
+    @property
     def output_shape(self) -> tuple[int, int, int, int]:
+        """The output's 4-D shape in its layout (a 1-D output with its row of one)."""
+        if self.channels_first:
+            return (self.n, self.cout, self.ho, self.wo)
         return (self.n, self.ho, self.wo, self.cout)
 
     @property
@@ -248,13 +261,15 @@ def conv_geometry(
     ndim: int = 2,
     groups=1,
     padding_mode="zeros",
+    channels_first: bool = False,
 ) -> ConvGeometry:
     """Validate a convolution's geometry and resolve padding and output size.
 
     Parameters
     ----------
     x_shape : tuple
-        ``(N, H, W, C_in)`` for ``ndim=2``, ``(N, L, C_in)`` for ``ndim=1``.
+        ``(N, H, W, C_in)`` for ``ndim=2``, ``(N, L, C_in)`` for ``ndim=1``;
+        ``(N, C_in, H, W)`` and ``(N, C_in, L)`` with ``channels_first``.
     kernel_shape : tuple
         ``(kh, kw, C_in, C_out)`` or ``(k, C_in, C_out)``.
     strides, dilation_rate : int or tuple of ints
@@ -269,6 +284,8 @@ def conv_geometry(
         input channels of group ``co // (C_out // groups)``.
     padding_mode : str
         One of :data:`BORDERS`: what the padding reads.
+    channels_first : bool
+        The data's layout (the kernel's is Keras' either way).
 
     Returns
     -------
@@ -281,7 +298,10 @@ def conv_geometry(
         raise ValueError(f"x must be {ndim + 2}-D, got shape {tuple(x_shape)}")
     if len(kernel_shape) != ndim + 2:
         raise ValueError(f"kernel must be {ndim + 2}-D, got shape {tuple(kernel_shape)}")
-    n, *spatial, cin = (int(v) for v in x_shape)
+    if channels_first:
+        n, cin, *spatial = (int(v) for v in x_shape)
+    else:
+        n, *spatial, cin = (int(v) for v in x_shape)
     *ksize, kcin, cout = (int(v) for v in kernel_shape)
     if any(k < 1 for k in ksize):
         raise ValueError(f"kernel must have a positive spatial size, got shape {tuple(kernel_shape)}")
@@ -350,4 +370,5 @@ def conv_geometry(
         wo=outs[1],
         groups=groups,
         border=border,
+        channels_first=bool(channels_first),
     )

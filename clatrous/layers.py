@@ -100,6 +100,10 @@ def _keras_dtype(value):
 class _Layer:
     """What the layers share: the geometry arguments, dtype, weights under a lock, and the call."""
 
+    #: Whether ``_forward`` computes channels-first data as it is (the functional
+    #: calls index it); otherwise ``__call__`` reads it through a transposed view.
+    _computes_channels_first = False
+
     def __init__(
         self,
         kernel_size,
@@ -315,8 +319,10 @@ class _Layer:
     def __call__(self, x: npt.ArrayLike | cl_array.Array) -> np.ndarray:
         """Apply the layer to ``x`` of shape (N, H, W, C_in); returns an ndarray.
 
-        With ``data_format="channels_first"``, ``x`` is ``(N, C_in, H, W)`` (a
-        host array) and so is the result.  The first call builds the weights.
+        With ``data_format="channels_first"``, ``x`` is ``(N, C_in, H, W)`` and
+        so is the result: the convolution layers compute that layout as it
+        is, :class:`ASPP` through a transposed view of a host array.  The
+        first call builds the weights.
 
         Raises
         ------
@@ -328,7 +334,13 @@ class _Layer:
             x = host_array(x, "x")
             if x.dtype.kind in "biuf":
                 x = x.astype(self.dtype, copy=False)
-        x, channels_first = to_channels_last(x, self.data_format, self.rank)
+        channels_first = False  # whether the result must move its channels back to axis 1
+        channel_axis = -1
+        if self.data_format == "channels_first":
+            if self._computes_channels_first:
+                channel_axis = 1
+            else:
+                x, channels_first = to_channels_last(x, self.data_format, self.rank)
         if len(x.shape) != self.rank + 2:
             raise ValueError(f"x must be {self.rank + 2}-D {self._layout}, got shape {tuple(x.shape)}")
         with self._lock:
@@ -336,7 +348,7 @@ class _Layer:
         if weights is None:
             with self._build_lock:  # the first call builds, once; the others wait for it
                 if not self.built:
-                    self._build_for(int(x.shape[-1]))
+                    self._build_for(int(x.shape[channel_axis]))
             with self._lock:
                 weights = self._weights
         out = self._forward(x, weights)
@@ -365,11 +377,13 @@ class _Layer:
         self(x)
 
     def _geometry_kwargs(self) -> dict:
+        """The functional call's geometry and layout (for layers that compute channels-first)."""
         return dict(
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
             padding_mode=self.padding_mode,
+            data_format=self.data_format,
         )
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
@@ -490,6 +504,8 @@ class Conv2D(_Layer):
            [22., 75.]], dtype=float32)
     """
 
+    _computes_channels_first = True
+
     def __init__(
         self,
         filters,
@@ -586,6 +602,8 @@ class DepthwiseConv2D(_Layer):
     Arguments as :class:`Conv2D`; see :func:`clatrous.depthwise_conv2d`.
     """
 
+    _computes_channels_first = True
+
     def __init__(
         self,
         kernel_size,
@@ -649,6 +667,8 @@ class SeparableConv2D(_Layer):
     event: the intermediate never comes back to the host.
     """
 
+    _computes_channels_first = True
+
     def __init__(
         self,
         filters,
@@ -700,7 +720,9 @@ class SeparableConv2D(_Layer):
         def both(x_in, device):
             middle = depthwise_conv2d(x_in, weights[0], device=device, **self._geometry_kwargs())
             bias = self._bias_of(weights)
-            return conv2d(middle, weights[1], bias, activation=self.activation, device=device)
+            layout = self.data_format
+            return conv2d(middle, weights[1], bias, activation=self.activation, data_format=layout,
+                          device=device)  # fmt: skip
 
         if is_device_array(x):
             return both(x, None)  # on x's queue

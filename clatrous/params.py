@@ -112,12 +112,44 @@ def fits(info: DeviceInfo, variant: Variant, config: dict, dtype: np.dtype, g: C
     return variant.local_bytes(g, variant.complete(config), dtype) <= info.local_mem
 
 
+#: A channels-first host call with more multiply-adds per output than this
+#: (taps x input channels per group) runs faster on a transposed copy, through
+#: the channels-last kernels, than in the plane kernel.  Measured on PoCL on
+#: this project's 2-core Xeon (RESULTS.md, Run V): at 27 (3 -> 16 channels,
+#: 3x3) and on depthwise layers the plane kernel was 4-23x faster; at 128
+#: (WaveNet's 1x2, 64 -> 64) 3x; at 144 even; at 576 (W4, 3x3, 64 -> 64) the
+#: copy 1.6x faster, at 18432 (W3) 6x.
+CHANNELS_FIRST_MACS = 256
+
+
+def channels_first_in_place(info: DeviceInfo, g: ConvGeometry) -> bool:
+    """Whether a channels-first call on host arrays runs the plane kernel on the caller's layout.
+
+    Otherwise it runs on a transposed copy; device arrays always run in place.
+    """
+    return g.kh * g.kw * g.cin_per_group <= CHANNELS_FIRST_MACS
+
+
+def _planar_defaults(info: DeviceInfo, g: ConvGeometry, itemsize: int) -> dict:
+    """The plane kernel on channels-first data: vectors along the rows, CB output channels each."""
+    per_group = g.cout // g.groups
+    cb = max(b for b in (1, 2, 4) if per_group % b == 0)
+    if info.kind == "cpu":
+        vw = 16 if itemsize == 4 else 8
+        # Rows narrower than a vector waste its lanes: the narrowest that covers a row.
+        vw = next((v for v in (4, 8) if v >= g.wo and v < vw), vw)
+        return {"VW": vw, "RB": 4 if cb == 1 else 2, "CB": cb}
+    return {"VW": 4, "RB": 2, "CB": cb}
+
+
 def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:
     """The dense convolution's table of defaults: (variant, configuration) for a device and shape."""
     from .variants import TILED  # the one variant whose default depends on its own space
 
     itemsize = np.dtype(dtype).itemsize
     max_vw = _MAX_VW.get((info.kind, itemsize), 4)
+    if g.channels_first and not (g.cin == 1 and g.cout == 1):
+        return "plane", _planar_defaults(info, g, itemsize)
     if g.groups > 1:
         if g.groups == g.cin:  # depthwise: vectors along the channels
             vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cin % v == 0)
@@ -126,8 +158,8 @@ def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple
         return "direct", {}
     if g.cin == 1 and g.cout == 1:
         if info.kind == "cpu":
-            return "plane", {"VW": 16 if itemsize == 4 else 8, "RB": 4}
-        return "plane", {"VW": 4, "RB": 2}
+            return "plane", {"VW": 16 if itemsize == 4 else 8, "RB": 4, "CB": 1}
+        return "plane", {"VW": 4, "RB": 2, "CB": 1}
     vw = next(v for v in (16, 8, 4, 2, 1) if v <= max_vw and g.cout % v == 0)
     if info.kind != "cpu":
         return "blocked", {"VW": vw, "NV": max(1, min(2, g.cout // vw)), "PX": 2}
@@ -243,6 +275,8 @@ def class_key(op: Operation, g: ConvGeometry, dtype: np.dtype) -> str:
     key = f"{np.dtype(dtype).name} cin={g.cin} cout={g.cout} k={g.kh}x{g.kw} s={g.sh}x{g.sw} d={g.dh}x{g.dw}"
     if g.groups > 1:
         key += f" g={g.groups}"
+    if g.channels_first:
+        key += " channels_first"
     return key if op.name == "conv2d" else f"{op.name} {key}"
 
 
@@ -436,7 +470,7 @@ def choose(info: DeviceInfo, op: Operation, g: ConvGeometry, dtype: np.dtype) ->
         if (
             variant is not None
             and variant.valid(config)
-            and variant.applies(g, variant.complete(config))
+            and variant.computes(g, variant.complete(config))
             and fits(info, variant, config, dtype, g)
         ):
             return variant.name, dict(config)

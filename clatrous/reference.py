@@ -148,10 +148,14 @@ def _conv_nhwc(x, kernel, bias, g: ConvGeometry, activation: str, dtype) -> np.n
 
 
 def conv_prepared(p: Prepared) -> np.ndarray:
-    """A validated call (:func:`clatrous.arguments.prepare`) in the launch layout ``(N, Ho, Wo, C_out)``."""
-    x = np.asarray(_to_host(p.x)).reshape(p.geometry.n, p.geometry.h, p.geometry.w, p.geometry.cin)
-    kernel = np.asarray(_to_host(p.kernel)).reshape(p.geometry.kernel_shape)
-    return _conv_nhwc(x, kernel, p.bias, p.geometry, p.activation, p.dtype)
+    """A validated call (:func:`clatrous.arguments.prepare`), in ``geometry.output_shape`` (the launch's)."""
+    g = p.geometry
+    x = np.asarray(_to_host(p.x)).reshape(g.input_shape)
+    kernel = np.asarray(_to_host(p.kernel)).reshape(g.kernel_shape)
+    if g.channels_first:
+        out = _conv_nhwc(np.moveaxis(x, 1, -1), kernel, p.bias, g, p.activation, p.dtype)
+        return np.ascontiguousarray(np.moveaxis(out, -1, 1))
+    return _conv_nhwc(x, kernel, p.bias, g, p.activation, p.dtype)
 
 
 def conv2d(

@@ -138,6 +138,9 @@ class Variant:
     buffers, offsets
         The kernel's buffer arguments, and those whose element offset follows
         the scalars.
+    channels_first
+        Whether the kernel reads and writes channels-first data; the others
+        index channels-last data only.
     """
 
     name: str
@@ -155,9 +158,16 @@ class Variant:
     local_bytes: Callable[[ConvGeometry, Config, np.dtype], int] = _no_local
     buffers: tuple[str, ...] = ("x", "w", "bias", "y")
     offsets: tuple[str, ...] = ("x",)
+    channels_first: bool = False
 
     def __post_init__(self):
         _NAMES.add(self.name)
+
+    def computes(self, g: ConvGeometry, config: Config) -> bool:
+        """Whether the complete ``config`` computes ``g``: its data layout, then :attr:`applies`."""
+        if g.channels_first and not self.channels_first:
+            return False
+        return self.applies(g, config)
 
     def complete(self, config: Config) -> dict:
         """``config`` with the defaults of the parameters it leaves out."""
@@ -184,7 +194,7 @@ class Variant:
         out = []
         for combo in itertools.product(*values):
             config = dict(zip(names, combo, strict=True))
-            if self.valid(config) and self.applies(g, config) and self.worth(g, config):
+            if self.valid(config) and self.computes(g, config) and self.worth(g, config):
                 out.append(config)
         return out
 
@@ -273,7 +283,7 @@ def make_plan(
     if not variant.valid(config):
         raise ValueError(f"{config} is not a configuration of variant {variant.name!r}")
     config = variant.complete(config)
-    if not variant.applies(g, config):
+    if not variant.computes(g, config):
         raise ValueError(f"variant {variant.name!r} with {config} cannot compute {g}")
     options = [
         *_common_options(dtype, activation, has_bias),
@@ -406,7 +416,7 @@ def _tiled_candidates(g: ConvGeometry, dtype: np.dtype) -> list[dict]:
             for nb, rw in tiled_spans(g, px, px * nv * vw * itemsize):
                 for ct in narrowed["CT"]:
                     config = {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw}
-                    if TILED.valid(config) and TILED.applies(g, config) and TILED.worth(g, config):
+                    if TILED.valid(config) and TILED.computes(g, config) and TILED.worth(g, config):
                         out.append(config)
     return out
 
@@ -464,25 +474,51 @@ def _plane_rows(g: ConvGeometry, c: Config) -> tuple[int, int]:
 def _plane_ndrange(g: ConvGeometry, c: Config):
     step, rb = _plane_rows(g, c)
     chunks = _ceil_div(_ceil_div(g.ho, step), rb)
-    return (_ceil_div(g.wo, c["VW"]), step * chunks, g.n), None
+    return (_ceil_div(g.wo, c["VW"]), step * chunks, g.n * (g.cout // c["CB"])), None
+
+
+def is_planar(g: ConvGeometry) -> bool:
+    """Channels-first data, or one channel in and out (where both layouts are the same memory)."""
+    return g.channels_first or (g.cin == 1 and g.cout == 1)
 
 
 PLANE = Variant(
     name="plane",
     source="conv2d_plane.cl",
     kernel="conv2d_plane",
-    parameters={"VW": (4, 8, 16), "RB": (1, 2, 4, 8)},
-    applies=lambda g, c: g.cin == 1 and g.cout == 1,
-    narrow=lambda g, dtype: {} if g.cin == 1 and g.cout == 1 else None,
+    parameters={"VW": (4, 8, 16), "RB": (1, 2, 4, 8), "CB": (1, 2, 4, 8)},
+    defaults={"CB": 1},
+    # Accumulators: RB * CB vectors of VW; beyond 16 of them they spill.
+    constraints=(lambda c: c["RB"] * c["CB"] <= 16,),
+    applies=lambda g, c: is_planar(g) and (g.cout // g.groups) % c["CB"] == 0,
+    narrow=lambda g, dtype: (
+        {"CB": [b for b in (1, 2, 4, 8) if (g.cout // g.groups) % b == 0]} if is_planar(g) else None
+    ),
     options=lambda g, c: [
         f"-DVW={c['VW']}",
         f"-DRB={_plane_rows(g, c)[1]}",
+        f"-DCB={c['CB']}",
+        f"-DCING={g.cin_per_group}",
         *_extent(g),
         f"-DSH={g.sh}",
         f"-DSW={g.sw}",
     ],
-    scalars=lambda g, c: (g.h, g.w, g.ho, g.wo, g.dh, g.dw, g.pad_top, g.pad_left, _plane_rows(g, c)[0]),
+    scalars=lambda g, c: (
+        g.h,
+        g.w,
+        g.ho,
+        g.wo,
+        g.dh,
+        g.dw,
+        g.pad_top,
+        g.pad_left,
+        _plane_rows(g, c)[0],
+        g.cin,
+        g.cout,
+        g.cout // g.groups,
+    ),
     ndrange=_plane_ndrange,
+    channels_first=True,
 )
 
 # ---------------------------------------------------------------- depthwise
@@ -647,7 +683,7 @@ class _LocalVariant(Variant):
             for lc, lx, ly, px, py in _LOCAL_SHAPES:
                 for ct in (4, 8, 16):
                     config = {"VW": vw, "PX": px, "PY": py, "LC": lc, "LX": lx, "LY": ly, "CT": ct}
-                    if self.valid(config) and self.applies(g, config) and self.worth(g, config):
+                    if self.valid(config) and self.computes(g, config) and self.worth(g, config):
                         out.append(config)
         return out
 

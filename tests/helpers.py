@@ -38,7 +38,10 @@ def skip_without_fp64(dtype):
 
 
 def geometry_of(x, kernel, bias=None, ndim=2, **kwargs):
-    """The validated geometry of a call, with conv2d's defaults for what ``kwargs`` leaves out."""
+    """The validated geometry of a call, with conv2d's defaults for what ``kwargs`` leaves out.
+
+    ``channels_first=True`` reads ``x`` as (N, C_in, H, W).
+    """
     call = dict(strides=1, padding="valid", dilation_rate=1, activation=None) | kwargs
     return prepare(x, kernel, bias, ndim=ndim, **call).geometry
 

@@ -18,7 +18,7 @@ from helpers import (
 )
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import conv1d_problem, conv2d_problem
+from strategies import conv1d_problem, conv2d_problem, grouped_problem
 
 import clatrous
 from clatrous import params, reference, runtime, variants
@@ -178,3 +178,49 @@ def test_plane_variant_on_larger_images(problem, data):
     config = data.draw(st.sampled_from(configs), label="config")
     out = forced_call(("plane", config), clatrous.conv2d, x, kernel, bias, **kwargs)
     assert_matches_reference(out, x, kernel, bias, **kwargs)
+
+
+# ---------------------------------------------------------------- channels-first
+
+
+def _nchw(x):
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@given(grouped_problem(), st.data())
+def test_channels_first_every_configuration(problem, data):
+    # Channels-first data, any groups and border: the default choice, or any
+    # configuration the tuner may try (the plane kernel's CB, VW, RB).
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    g = geometry_of(_nchw(x), kernel, bias, channels_first=True, **kwargs)
+    choice = draw_choice(data, choices(g, x.dtype), default=True)
+    out = forced_call(choice, clatrous.conv2d, _nchw(x), kernel, bias, data_format="channels_first", **kwargs)
+    assert_matches_reference(np.moveaxis(out, 1, -1), x, kernel, bias, **kwargs)
+
+
+@st.composite
+def planar_problem(draw):
+    """Channels-first images wide and tall enough that the plane kernel's
+    unchecked interior, its edge path and a short last block all occur, with
+    several channels and groups."""
+    x, kernel, bias, kwargs = draw(one_channel_problem())
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.sampled_from([1, 2, 4, 8]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n, h, w, _ = x.shape
+    x = rng.standard_normal((n, h, w, cin)).astype(x.dtype)
+    kernel = rng.standard_normal((*kernel.shape[:2], cin // groups, cout)).astype(x.dtype)
+    bias = None if bias is None else rng.standard_normal(cout).astype(x.dtype)
+    kwargs["groups"] = groups
+    return x, kernel, bias, kwargs
+
+
+@given(planar_problem(), st.data())
+def test_channels_first_plane_kernel_on_larger_images(problem, data):
+    x, kernel, bias, kwargs = problem
+    skip_without_fp64(x.dtype)
+    g = geometry_of(_nchw(x), kernel, bias, channels_first=True, **kwargs)
+    choice = draw_choice(data, choices(g, x.dtype))
+    out = forced_call(choice, clatrous.conv2d, _nchw(x), kernel, bias, data_format="channels_first", **kwargs)
+    assert_matches_reference(np.moveaxis(out, 1, -1), x, kernel, bias, **kwargs)

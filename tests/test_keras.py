@@ -172,18 +172,74 @@ def test_channels_first_layers_and_their_shapes():
         assert first.get_config()["data_format"] == "channels_first"
 
 
-def test_channels_first_refuses_device_arrays_and_a_wrong_rank():
+def test_channels_first_is_computed_in_place_without_a_transposed_copy(monkeypatch):
+    # Issue 15: the channels-first layout was a transposed copy in (and
+    # another out); the plane kernel now indexes (N, C, H, W) itself, so a
+    # large aligned host x is read where it is and the result written as is.
+    from clatrous import launch, runtime, staging
+
+    rng = np.random.default_rng(11)
+    x = staging.aligned_copy(rng.standard_normal((2, 6, 40, 72)), np.float32)  # 138 KB: shared
+    kernel, bias = rng.standard_normal((3, 3, 3, 8)).astype(np.float32), rng.standard_normal(8)
+    kwargs = dict(padding="same", dilation_rate=2, groups=2, padding_mode="reflect", activation="relu")
+    ran = []
+    real = launch.get_launch
+
+    def spy(rt, op, prepared, choice=None):
+        found = real(rt, op, prepared, choice)
+        ran.append(found.plan.variant)
+        return found
+
+    with monkeypatch.context() as patch:
+        patch.setattr(launch, "get_launch", spy)
+        patch.setattr(clatrous.execute, "get_launch", spy)
+        if runtime.get_runtime().info.host_memory:
+
+            def no_copy(*args):
+                raise AssertionError("x was copied")
+
+            patch.setattr(staging, "aligned_copy", no_copy)
+        out = clatrous.conv2d(x, kernel, bias, data_format="channels_first", **kwargs)
+    assert ran == ["plane"]
+    assert out.shape == (2, 8, 40, 72) and out.flags.c_contiguous
+    assert_matches_reference(np.moveaxis(out, 1, -1), np.moveaxis(x, 1, -1), kernel, bias, **kwargs)
+
+
+def test_channels_first_on_device_arrays_stays_on_the_device():
+    # Refused before (the kernels indexed channels-last only): now device
+    # Arrays go in and come out channels-first, chained without the host.
     import pyopencl.array as cl_array
 
     from clatrous import runtime
 
-    x = cl_array.to_device(runtime.get_runtime().queue, np.ones((1, 3, 8, 8), np.float32))
-    with pytest.raises(ValueError, match="channels_first"):
-        clatrous.conv2d(x, np.ones((3, 3, 3, 2)), data_format="channels_first")
+    rng = np.random.default_rng(12)
+    queue = runtime.get_runtime().queue
+    x = rng.standard_normal((2, 4, 13, 17)).astype(np.float32)
+    k1, k2 = rng.standard_normal((3, 3, 4, 6)).astype(np.float32), rng.standard_normal((2, 2, 6, 3))
+    first = clatrous.conv2d(cl_array.to_device(queue, x), k1, padding="same", dilation_rate=2,
+                            data_format="channels_first")  # fmt: skip
+    assert isinstance(first, cl_array.Array) and first.shape == (2, 6, 13, 17)
+    second = clatrous.conv2d(first, k2.astype(np.float32), dilation_rate=(1, 3), data_format="channels_first")
+    middle = reference.conv2d(x, k1, padding="same", dilation_rate=2, data_format="channels_first")
+    expected = reference.conv2d(middle, k2, dilation_rate=(1, 3), data_format="channels_first")
+    assert second.shape == expected.shape
+    np.testing.assert_allclose(second.get(), expected, rtol=1e-4, atol=1e-4)
+    signal = cl_array.to_device(queue, rng.standard_normal((2, 3, 30)).astype(np.float32))
+    k1d = rng.standard_normal((3, 3, 5)).astype(np.float32)
+    out = clatrous.conv1d(signal, k1d, padding="causal", dilation_rate=4, data_format="channels_first")
+    assert out.shape == (2, 5, 30)
+    causal = dict(padding="causal", dilation_rate=4, data_format="channels_first")
+    expected = reference.conv1d(signal.get(), k1d, **causal)
+    np.testing.assert_allclose(out.get(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_first_refuses_a_wrong_rank_and_layout_word():
     with pytest.raises(ValueError, match="channels_first"):
         clatrous.conv2d(np.ones((3, 8, 8)), np.ones((3, 3, 3, 2)), data_format="channels_first")
     with pytest.raises(ValueError, match="data_format"):
         clatrous.conv2d(np.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 2)), data_format="NCHW")
+    with pytest.raises(ValueError, match="kernel expects 3 input channels but x has 8"):
+        clatrous.conv2d(np.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 2)), data_format="channels_first")
 
 
 # ---------------------------------------------------------------- real Keras

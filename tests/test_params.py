@@ -103,8 +103,15 @@ def test_default_table_picks_applicable_configurations():
         g = geometry_of(x, np.ones((k, k, cin, cout), np.float32), padding="same", dilation_rate=2)
         name, config = _defaults(info, g)
         variant = CONV2D.variant(name)
-        assert variant.valid(config) and variant.applies(g, config)
+        assert variant.valid(config) and variant.computes(g, config)
         assert config in variant.candidates(g, np.float32)
+    # Channels-first data: the plane kernel, whatever the channels and groups.
+    for cin, cout, groups, k in [(3, 8, 1, 3), (64, 64, 1, 3), (6, 6, 6, 3), (4, 12, 2, 5), (5, 7, 1, 2)]:
+        x = np.ones((1, cin, 12, 12), np.float32)
+        g = geometry_of(x, np.ones((k, k, cin // groups, cout), np.float32), padding="same", dilation_rate=2,
+                        groups=groups, channels_first=True)  # fmt: skip
+        name, config = _defaults(info, g)
+        assert name == "plane" and config in variants.PLANE.candidates(g, np.float32), (g, config)
 
 
 def test_tiled_partial_sums_stay_bounded_on_long_rows():

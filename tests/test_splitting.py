@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import execute, runtime, splitting
+from clatrous import execute, reference, runtime, splitting
 from clatrous.errors import DeviceMemoryError
 
 
@@ -42,6 +42,24 @@ def test_batch_is_split_first(limits):
     pieces = _pieces(x, kernel, bias, **kwargs)
     assert [(p.n0, p.n1, p.axis) for p in pieces] == [(0, 2, 0), (2, 4, 0), (4, 5, 0)]
     np.testing.assert_array_equal(clatrous.conv2d(x, kernel, bias, **kwargs), whole)
+
+
+def test_channels_first_too_large_for_one_launch_is_split_channels_last(limits):
+    # Splitting cuts bands of channels-last images; a channels-first call
+    # that does not fit goes through the transposed view, and equals the
+    # reference (the plane kernel computes the whole in one launch).
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 12, 13)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
+    geometry = dict(padding="same", dilation_rate=2, padding_mode="reflect")
+    kwargs = dict(geometry, data_format="channels_first")
+    whole = clatrous.conv2d(x, kernel, **kwargs)
+    limits(max_alloc=12 * 13 * 5 * 4 + 100)
+    assert len(_pieces(x, kernel, None, channels_first=True, **geometry)) > 1
+    split = clatrous.conv2d(x, kernel, **kwargs)
+    assert split.shape == (3, 5, 12, 13) and split.flags.c_contiguous
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(split, reference.conv2d(x, kernel, **kwargs), rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=12)
