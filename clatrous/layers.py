@@ -50,6 +50,7 @@ from .arguments import (
 from .conv import conv1d, conv2d, depthwise_conv2d
 from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .geometry import normalize_padding, normalize_padding_mode, normalize_tuple, output_length, same_padding
+from .params import CHANNELS_FIRST_MACS
 from .pyramid import aspp_block
 from .runtime import get_runtime
 from .staging import aligned_copy
@@ -103,6 +104,10 @@ class _Layer:
     #: Whether ``_forward`` computes channels-first data as it is (the functional
     #: calls index it); otherwise ``__call__`` reads it through a transposed view.
     _computes_channels_first = False
+
+    def _channels_first_in_place(self, x) -> bool:
+        """Whether channels-first ``x`` is computed as it lies (the functional calls decide the rest)."""
+        return True
 
     def __init__(
         self,
@@ -166,7 +171,8 @@ class _Layer:
         """Freshly initialised kernels for ``cin`` input channels."""
         raise NotImplementedError
 
-    def _forward(self, x, weights: tuple):
+    def _forward(self, x, weights: tuple, layout: str = "channels_last"):
+        """The layer on ``x`` in ``layout`` (channels-first only where the layer computes it)."""
         raise NotImplementedError
 
     def _channels_out(self, cin: int) -> int:
@@ -335,10 +341,10 @@ class _Layer:
             if x.dtype.kind in "biuf":
                 x = x.astype(self.dtype, copy=False)
         channels_first = False  # whether the result must move its channels back to axis 1
-        channel_axis = -1
+        channel_axis, layout = -1, "channels_last"
         if self.data_format == "channels_first":
-            if self._computes_channels_first:
-                channel_axis = 1
+            if self._computes_channels_first and self._channels_first_in_place(x):
+                channel_axis, layout = 1, "channels_first"
             else:
                 x, channels_first = to_channels_last(x, self.data_format, self.rank)
         if len(x.shape) != self.rank + 2:
@@ -351,7 +357,7 @@ class _Layer:
                     self._build_for(int(x.shape[channel_axis]))
             with self._lock:
                 weights = self._weights
-        out = self._forward(x, weights)
+        out = self._forward(x, weights, layout)
         out = out.get() if is_device_array(out) else out
         return to_channels_first(out) if channels_first else out
 
@@ -376,14 +382,14 @@ class _Layer:
         x = np.zeros(tuple(input_shape), self.dtype)
         self(x)
 
-    def _geometry_kwargs(self) -> dict:
-        """The functional call's geometry and layout (for layers that compute channels-first)."""
+    def _geometry_kwargs(self, layout: str) -> dict:
+        """The functional call's geometry, on data in ``layout``."""
         return dict(
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
             padding_mode=self.padding_mode,
-            data_format=self.data_format,
+            data_format=layout,
         )
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
@@ -555,7 +561,7 @@ class Conv2D(_Layer):
     def _channels_out(self, cin):
         return self.filters
 
-    def _forward(self, x, weights):
+    def _forward(self, x, weights, layout="channels_last"):
         return conv2d(
             x,
             weights[0],
@@ -563,7 +569,7 @@ class Conv2D(_Layer):
             activation=self.activation,
             groups=self.groups,
             device=self.device,
-            **self._geometry_kwargs(),
+            **self._geometry_kwargs(layout),
         )
 
     def get_config(self) -> dict:
@@ -582,7 +588,7 @@ class Conv1D(Conv2D):
 
     rank = 1
 
-    def _forward(self, x, weights):
+    def _forward(self, x, weights, layout="channels_last"):
         return conv1d(
             x,
             weights[0],
@@ -590,7 +596,7 @@ class Conv1D(Conv2D):
             activation=self.activation,
             groups=self.groups,
             device=self.device,
-            **self._geometry_kwargs(),
+            **self._geometry_kwargs(layout),
         )
 
 
@@ -640,14 +646,14 @@ class DepthwiseConv2D(_Layer):
     def _channels_out(self, cin):
         return cin * self.depth_multiplier
 
-    def _forward(self, x, weights):
+    def _forward(self, x, weights, layout="channels_last"):
         return depthwise_conv2d(
             x,
             weights[0],
             self._bias_of(weights),
             activation=self.activation,
             device=self.device,
-            **self._geometry_kwargs(),
+            **self._geometry_kwargs(layout),
         )
 
     def get_config(self) -> dict:
@@ -668,6 +674,14 @@ class SeparableConv2D(_Layer):
     """
 
     _computes_channels_first = True
+
+    def _channels_first_in_place(self, x) -> bool:
+        # The pointwise step has C_in * M multiply-adds an output: with many
+        # channels (D2: 2048) it runs 4x faster channels-last, even with the
+        # transposed copies (RESULTS.md, Run V).  A device x stays as it is.
+        if is_device_array(x) or len(x.shape) != self.rank + 2:  # the rank is checked next
+            return True
+        return x.shape[1] * self.depth_multiplier <= CHANNELS_FIRST_MACS
 
     def __init__(
         self,
@@ -716,11 +730,10 @@ class SeparableConv2D(_Layer):
     def _channels_out(self, cin):
         return self.filters
 
-    def _forward(self, x, weights):
+    def _forward(self, x, weights, layout="channels_last"):
         def both(x_in, device):
-            middle = depthwise_conv2d(x_in, weights[0], device=device, **self._geometry_kwargs())
+            middle = depthwise_conv2d(x_in, weights[0], device=device, **self._geometry_kwargs(layout))
             bias = self._bias_of(weights)
-            layout = self.data_format
             return conv2d(middle, weights[1], bias, activation=self.activation, data_format=layout,
                           device=device)  # fmt: skip
 
@@ -918,7 +931,7 @@ class ASPP(_Layer):
                 self._device_weights = {queue.int_ptr: (weights, arrays)}
         return arrays
 
-    def _forward(self, x, weights):
+    def _forward(self, x, weights, layout="channels_last"):
         if is_device_array(x):
             runtime = get_runtime(x.queue)
             if self.device is not None and get_runtime(self.device).queue is not x.queue:

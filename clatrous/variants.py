@@ -488,8 +488,10 @@ PLANE = Variant(
     kernel="conv2d_plane",
     parameters={"VW": (4, 8, 16), "RB": (1, 2, 4, 8), "CB": (1, 2, 4, 8)},
     defaults={"CB": 1},
-    # Accumulators: RB * CB vectors of VW; beyond 16 of them they spill.
-    constraints=(lambda c: c["RB"] * c["CB"] <= 16,),
+    # Accumulators: RB * CB vectors of VW, at most 128 elements, the most
+    # the one-channel kernel ever had: PoCL 3.1 crashed (a segmentation
+    # fault) running 256 (VW=16, RB=2, CB=8) on W4's shape, channels-first.
+    constraints=(lambda c: c["RB"] * c["CB"] * c["VW"] <= 128,),
     applies=lambda g, c: is_planar(g) and (g.cout // g.groups) % c["CB"] == 0,
     narrow=lambda g, dtype: (
         {"CB": [b for b in (1, 2, 4, 8) if (g.cout // g.groups) % b == 0]} if is_planar(g) else None
@@ -499,6 +501,8 @@ PLANE = Variant(
         f"-DRB={_plane_rows(g, c)[1]}",
         f"-DCB={c['CB']}",
         f"-DCING={g.cin_per_group}",
+        f"-DCOUT={g.cout}",
+        f"-DCOUTG={g.cout // g.groups}",
         *_extent(g),
         f"-DSH={g.sh}",
         f"-DSW={g.sw}",
@@ -513,9 +517,6 @@ PLANE = Variant(
         g.pad_top,
         g.pad_left,
         _plane_rows(g, c)[0],
-        g.cin,
-        g.cout,
-        g.cout // g.groups,
     ),
     ndrange=_plane_ndrange,
     channels_first=True,

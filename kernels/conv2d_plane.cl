@@ -33,7 +33,8 @@
 // Work-item (bx, g, n * COUT / CB + b) computes y[n, b*CB : b*CB + CB, oy0 + j*STEP,
 // bx*VW : bx*VW + VW] for j < RB, where the residue r = g % STEP and the chunk
 // c = g / STEP give oy0 = r + c * RB * STEP.
-// Build options: VW, RB, CB, CING, KH, KW, SH, SW below, and those of common.h.
+// Build options: VW, RB, CB, CING, COUT, COUTG, KH, KW, SH, SW below, and those of
+// common.h (every size that shapes the loops or divides an index is compile-time).
 
 #ifndef VW
 #define VW 8             // output pixels per work-item: 2, 4, 8 or 16
@@ -47,6 +48,13 @@
 #ifndef CING
 #define CING 1           // input channels per group (compile-time: one, the
 #endif                   // one-channel image, leaves no loop at all)
+#ifndef COUT
+#define COUT 1           // output channels
+#endif
+#ifndef COUTG
+#define COUTG COUT       // output channels per group (COUT / COUTG groups)
+#endif
+#define CIN (COUT / COUTG * CING)
 #ifndef KH
 #define KH 3             // kernel rows (compile-time, so the tap loops unroll)
 #endif
@@ -64,8 +72,11 @@
 #if VW != 2 && VW != 4 && VW != 8 && VW != 16
 #error "VW must be 2, 4, 8 or 16"
 #endif
-#if RB < 1 || CB < 1 || CING < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1
-#error "RB, CB, CING, KH, KW, SH and SW must be positive"
+#if RB < 1 || CB < 1 || CING < 1 || COUTG < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1
+#error "RB, CB, CING, COUTG, KH, KW, SH and SW must be positive"
+#endif
+#if COUT % COUTG != 0 || COUTG % CB != 0
+#error "COUTG must divide COUT, and CB must divide COUTG"
 #endif
 
 typedef CAT(REAL, VW) realv;
@@ -123,7 +134,6 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
                            const int H, const int W, const int HO, const int WO,
                            const int DH, const int DW,
                            const int PT, const int PL, const int STEP,
-                           const int CIN, const int COUT, const int COUTG,
                            const int XOFF)
 {
     x += XOFF;                                      // where x starts in its buffer
@@ -134,10 +144,9 @@ __kernel void conv2d_plane(__global const REAL *restrict x,
     const int chunk = within / STEP;                // quotient and remainder spelled out
     const int oy0 = (within - chunk * STEP) + chunk * RB * STEP;
     if (oy0 >= HO) return;
-    const int blocks = COUT / CB;
-    const int n = z / blocks;
-    const int co0 = (z - n * blocks) * CB;          // this work-item's first output channel
-    const int ci0 = (co0 / COUTG) * CING;           // its group's first input channel
+    const int n = z / (COUT / CB);                  // compile-time divisors: with one channel
+    const int co0 = (z - n * (COUT / CB)) * CB;     // in and out, all of this folds away
+    const int ci0 = (co0 / COUTG) * CING;           // the first input channel of co0's group
 
     realv acc[CB][RB];
 #pragma unroll

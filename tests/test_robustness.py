@@ -145,6 +145,33 @@ def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
 
 
+def test_the_plane_kernels_largest_configurations_run_on_a_large_channels_first_layer():
+    # PoCL 3.1 crashed the process (a segmentation fault) on W4's shape,
+    # channels-first, with 256 accumulator elements (VW=16, RB=2, CB=8),
+    # which the search space allowed; the space now stops at 128.  Every
+    # configuration at that limit, on the shape that crashed.
+    if "oclgrind" in runtime.get_runtime().info.platform.lower():
+        pytest.skip("W4's shape takes minutes on the simulator; the property tests cover its configurations")
+    space = variants.PLANE.parameters
+    largest = [
+        {"VW": vw, "RB": rb, "CB": cb}
+        for vw in space["VW"]
+        for rb in space["RB"]
+        for cb in space["CB"]
+        if vw * rb * cb == 128
+    ]
+    assert all(variants.PLANE.valid(c) for c in largest)
+    assert not variants.PLANE.valid({"VW": 16, "RB": 2, "CB": 8})
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((8, 64, 64, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 64, 64)).astype(np.float32) / 24
+    kwargs = dict(padding="same", dilation_rate=2, data_format="channels_first")
+    expected = reference.conv2d(x, k, **kwargs)
+    for config in largest:
+        out = forced_call(("plane", config), clatrous.conv2d, x, k, **kwargs)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, err_msg=str(config))
+
+
 @pytest.mark.parametrize("config", [{"VW": 16, "RB": 4}, {"VW": 8, "RB": 2}, {"VW": 4, "RB": 8}])
 @pytest.mark.parametrize("strides", [1, 2])
 def test_plane_edges_do_not_leak_non_finite_border_pixels(config, strides):
