@@ -22,6 +22,8 @@ equals the one-piece result bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
@@ -29,9 +31,9 @@ import pyopencl.array as cl_array
 from . import params, splitting, staging
 from .arguments import Prepared, channels_last_view, is_device_array
 from .errors import DeviceMemoryError, UnsupportedDeviceError
-from .launch import Launch, get_launch
+from .launch import Launch, cached_launch, get_launch
 from .runtime import Runtime, get_runtime, settings
-from .variants import Operation
+from .variants import Operation, transpose_plan
 
 __all__ = ["check_device", "enqueue", "limits", "poison", "run", "runtime_for"]
 
@@ -141,6 +143,62 @@ def _host_call(
     return result
 
 
+def _transpose(runtime: Runtime, src, src_offset: int, dst, shape: tuple[int, int, int], dtype, waits):
+    """Enqueue ``shape`` = (batch, rows, cols) -> (batch, cols, rows), ``src`` to ``dst``, after ``waits``."""
+    launch = cached_launch(runtime, ("transpose", shape, dtype), lambda: transpose_plan(*shape, dtype))
+    return launch.enqueue(runtime.queue, (src, dst), (src_offset,), waits)
+
+
+def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, out=None):
+    """A channels-first call run by the channels-last kernels, for layers where they are faster.
+
+    Three launches chained by events, with no wait on the host between
+    them: ``x`` transposed into a device buffer (N, H, W, C_in), the
+    convolution into another, and that transposed into the result (N, C_out,
+    Ho, Wo).  The two intermediates come from the runtime's workspace (warm
+    memory call after call).  A device ``x`` gives a device result carrying
+    the last event; a host call waits for it, as every host call does.
+    """
+    g, dtype, queue = prepared.geometry, prepared.dtype, runtime.queue
+    last = dataclasses.replace(g, channels_first=False)
+    on_device = is_device_array(prepared.x)
+    x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=not on_device)
+    into_last, out_of_last = (g.n, g.cin, g.h * g.w), (g.n, g.ho * g.wo, g.cout)
+    pending: list[cl.Event] = []
+    workspace = staging.Workspace(runtime, last.input_shape, dtype)
+    try:
+        x_last, y_last = workspace.take(last.input_shape), workspace.take(last.output_shape)
+        waits = poison(queue, x_last.base_data, dtype, x_last.nbytes, [*waits, *x_last.events])
+        pending.append(_transpose(runtime, x_buf, x_offset, x_last.base_data, into_last, dtype, waits))
+        x_last.events.append(pending[-1])
+        moved = dataclasses.replace(prepared, x=x_last, geometry=last)
+        _, event = enqueue(runtime, get_launch(runtime, op, moved), moved, last.output_shape, out=y_last)
+        pending.append(event)
+        x_last.events.append(event)  # its reader: the next writer waits for it
+        if on_device:
+            result = out if out is not None else staging.device_empty(runtime, out_shape, dtype)
+            y_buf, waits = result.base_data, [event, *staging.pending_events(result)]
+        else:
+            result, y_buf, shared = staging.host_output(runtime, out_shape, dtype, out)
+            waits = [event]
+        waits = poison(queue, y_buf, dtype, result.nbytes, waits)
+        pending.append(_transpose(runtime, y_last.base_data, 0, y_buf, out_of_last, dtype, waits))
+        y_last.events.append(pending[-1])
+        workspace.give(x_last)
+        workspace.give(y_last)
+        workspace.close()
+        if on_device:
+            result.events.append(pending[-1])
+            return result
+        staging.read_back(queue, result, y_buf, shared, pending[-1:])
+    except BaseException:
+        # A host x may be read in place: never leave while a kernel reads it.
+        for event in pending:
+            event.wait()
+        raise
+    return result
+
+
 def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choice, out=None):
     launch = get_launch(runtime, op, prepared, choice)
     try:
@@ -173,16 +231,16 @@ def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], o
     choice = params.forced_choice()
     g = prepared.geometry
     pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), resident_input=on_device)
-    if g.channels_first and not on_device:
-        # Splitting cuts bands of channels-last images, and a layer with many
-        # channels runs faster channels-last: then the transposed view, and
-        # the channels moved back (a forced choice that fits runs as forced).
-        in_place = choice is not None or params.channels_first_in_place(runtime.info, g)
-        if len(pieces) > 1 or not in_place:
+    if g.channels_first:
+        if len(pieces) > 1:
+            # Splitting cuts bands of channels-last images: the transposed
+            # view, split, and the channels moved back on the host.
             result = np.empty(out_shape, dtype) if out is None else out
             last = run(op, channels_last_view(prepared), device, (g.n, g.ho, g.wo, g.cout))
             np.copyto(result.reshape(g.output_shape), np.moveaxis(last, -1, 1))
             return result
+        if choice is None and not params.channels_first_in_place(runtime.info, g):
+            return _through_channels_last(runtime, op, prepared, out_shape, out)
     if len(pieces) == 1:
         return _whole(runtime, op, prepared, out_shape, choice, out)
 

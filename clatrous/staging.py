@@ -17,6 +17,7 @@ import ctypes
 import math
 import mmap
 import sys
+import threading
 
 import numpy as np
 import pyopencl as cl
@@ -28,9 +29,11 @@ from .runtime import Runtime
 __all__ = [
     "ALIGN",
     "SMALL_BYTES",
+    "Workspace",
     "aligned_copy",
     "aligned_empty",
     "device_empty",
+    "forget_workspaces",
     "host_output",
     "input_buffer",
     "pending_events",
@@ -243,3 +246,59 @@ def read_back(queue: cl.CommandQueue, result: np.ndarray, buf, shared: bool, wai
         mapped.base.release(queue)
     else:
         cl.enqueue_copy(queue, result, buf, wait_for=wait_for, is_blocking=True)
+
+
+class Workspace:
+    """The intermediate device arrays of one call, reused within it and call after call.
+
+    Fresh memory costs a CPU device a page fault per page at its first write
+    (on this project's VM a fresh 4096x4096 float32 image took longer to
+    write than to filter), so a multi-step operation (the starlet, a
+    channels-first call through the channels-last kernels) takes its
+    intermediates from the runtime's workspace for ``(shape, dtype)`` and
+    gives them back when it has enqueued its last launch; a concurrent call
+    finds the workspace empty and allocates its own.  Every launch that
+    writes a buffer must wait for the events on it, its last readers'
+    included, so reuse is safe on any queue: a taken array's completed
+    events are dropped, and its readers append theirs.
+    """
+
+    def __init__(self, runtime: Runtime, shape, dtype):
+        self.runtime, self.key = runtime, (tuple(shape), np.dtype(dtype).str)
+        with _workspace_lock:
+            kept = _workspaces.pop((id(runtime), self.key), None)
+        self.free: list = kept if kept is not None else []
+        self.all = list(self.free)
+
+    def take(self, shape=None):
+        shape = shape or self.key[0]
+        for index, array in enumerate(self.free):
+            if array.shape == shape:
+                array = self.free.pop(index)
+                array.events[:] = pending_events(array)  # the list stays short call after call
+                return array
+        array = device_empty(self.runtime, shape, np.dtype(self.key[1]))
+        self.all.append(array)
+        return array
+
+    def give(self, array) -> None:
+        self.free.append(array)
+
+    def close(self) -> None:
+        """Hand every scratch image back to the runtime's workspace, for the next call."""
+        with _workspace_lock:
+            _workspaces[(id(self.runtime), self.key)] = self.all
+            while len(_workspaces) > _MAX_WORKSPACES:
+                _workspaces.pop(next(iter(_workspaces)))
+
+
+#: Workspaces kept: one per (runtime, shape, dtype), the most recent ones.
+_MAX_WORKSPACES = 4
+_workspace_lock = threading.Lock()
+_workspaces: dict = {}
+
+
+def forget_workspaces() -> None:
+    """Release the intermediates kept for the next calls (the device memory they hold)."""
+    with _workspace_lock:
+        _workspaces.clear()

@@ -59,6 +59,7 @@ __all__ = [
     "make_plan",
     "mean_plan",
     "tiled_spans",
+    "transpose_plan",
     "variant_names",
 ]
 
@@ -850,5 +851,27 @@ def mean_plan(shape: tuple[int, int, int, int], dtype: np.dtype, max_work_group:
         local_size=(local, 1),
         buffers=("x", "y"),
         scalars=tuple(np.int32(v) for v in (h, w, c)),
+        offsets=("x",),
+    )
+
+
+#: The transpose kernel's tile side and the rows each work-item moves: a
+#: work-group of 32 x 4, within what every OpenCL device allows (128).
+TRANSPOSE_TILE, TRANSPOSE_ROWS = 32, 8
+
+
+def transpose_plan(batch: int, rows: int, cols: int, dtype: np.dtype) -> Plan:
+    """The launch of ``kernels/transpose.cl``: ``batch`` matrices (rows, cols) -> (cols, rows)."""
+    tile, per = TRANSPOSE_TILE, TRANSPOSE_ROWS
+    return Plan(
+        variant="transpose",
+        config=(),
+        source="transpose.cl",
+        kernel_name="transpose",
+        options=(*_common_options(dtype, "linear", False), f"-DTILE={tile}", f"-DROWS={per}"),
+        global_size=(_round_up(cols, tile), _ceil_div(rows, tile) * (tile // per), batch),
+        local_size=(tile, tile // per, 1),
+        buffers=("x", "y"),
+        scalars=tuple(np.int32(v) for v in (rows, cols)),
         offsets=("x",),
     )

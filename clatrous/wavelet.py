@@ -33,7 +33,7 @@ from .conv import Device
 from .errors import UnsupportedDeviceError
 from .geometry import BORDERS, normalize_padding_mode
 from .runtime import Runtime, get_runtime
-from .staging import device_empty, pending_events
+from .staging import Workspace, device_empty, forget_workspaces, pending_events
 
 __all__ = ["MAX_LEVELS", "forget_workspaces", "istarlet", "starlet"]
 
@@ -137,64 +137,13 @@ def _pass(runtime: Runtime, dtype, mode: str, axis: int, x, y, shape, d: int, c=
     _launch(runtime, "starlet_pass.cl", options, operands, scalars, size, (local, 1, 1), written)
 
 
-class _Scratch:
-    """The intermediate images of one transform, reused level after level and call after call.
-
-    Fresh memory costs a CPU device a page fault per page at its first write
-    (on this project's VM a fresh 4096x4096 float32 image took longer to
-    write than to filter), so a transform takes its scratch images from the
-    runtime's workspace and gives them back when it has enqueued its last
-    launch; a concurrent call finds the workspace empty and allocates its
-    own.  Every launch that writes a buffer waits for the events on it,
-    its last readers' included, so reuse is safe on any queue.
-    """
-
-    def __init__(self, runtime: Runtime, shape, dtype):
-        self.runtime, self.key = runtime, (tuple(shape), np.dtype(dtype).str)
-        with _workspace_lock:
-            kept = _workspaces.pop((id(runtime), self.key), None)
-        self.free: list = kept if kept is not None else []
-        self.all = list(self.free)
-
-    def take(self, shape=None):
-        shape = shape or self.key[0]
-        for index, array in enumerate(self.free):
-            if array.shape == shape:
-                return self.free.pop(index)
-        array = device_empty(self.runtime, shape, np.dtype(self.key[1]))
-        self.all.append(array)
-        return array
-
-    def give(self, array) -> None:
-        self.free.append(array)
-
-    def close(self) -> None:
-        """Hand every scratch image back to the runtime's workspace, for the next call."""
-        with _workspace_lock:
-            _workspaces[(id(self.runtime), self.key)] = self.all
-            while len(_workspaces) > _MAX_WORKSPACES:
-                _workspaces.pop(next(iter(_workspaces)))
-
-
-#: Workspaces kept: one per (runtime, image shape, dtype), the most recent ones.
-_MAX_WORKSPACES = 2
-_workspace_lock = threading.Lock()
-_workspaces: dict = {}
-
-
-def forget_workspaces() -> None:
-    """Release the scratch images kept for the next transforms (the device memory they hold)."""
-    with _workspace_lock:
-        _workspaces.clear()
-
-
 def _image(array):
     """Operand ``(array, offset, stride)`` for a contiguous batch of images ``(N, H, W)``."""
     n = array.shape[0]
     return (array, array.offset // array.dtype.itemsize, array.size // max(n, 1))
 
 
-def _smooth(runtime, dtype, mode, x, level: int, scratch: _Scratch, shape, diff=None):
+def _smooth(runtime, dtype, mode, x, level: int, scratch: Workspace, shape, diff=None):
     """``h_level * x`` into a scratch image, a pass along each axis.
 
     With ``diff = (c, w)`` the column pass also writes ``w = c - h_level * x``.
@@ -294,7 +243,7 @@ def starlet(
     c, dtype, single, runtime, on_device = _stage(image, "image", 2, device)
     shape = n, h, w = c.shape
     hw = h * w
-    scratch = _Scratch(runtime, shape, dtype)
+    scratch = Workspace(runtime, shape, dtype)
     # A result that is read back can be a scratch buffer too (warm memory).
     out_shape = (n, levels + 1, h, w)
     out = device_empty(runtime, out_shape, dtype) if on_device else scratch.take(out_shape)
@@ -352,7 +301,7 @@ def istarlet(
     n, planes, h, w = coeffs.shape
     levels, hw = planes - 1, h * w
     shape = (n, h, w)
-    scratch = _Scratch(runtime, shape, dtype)
+    scratch = Workspace(runtime, shape, dtype)
     c = scratch.take()
     _copy_planes(runtime, dtype, _plane(coeffs, levels, planes, hw), _image(c), n, hw)
     for j in reversed(range(levels)):

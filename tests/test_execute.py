@@ -173,3 +173,26 @@ def test_a_tuned_configuration_runs_every_piece_of_a_split_problem(cache, monkey
     assert_matches_reference(split, x, k, **kwargs)
     stored = json.loads((cache / "tuning.json").read_text())
     assert stored["schema"] == params.SCHEMA
+
+
+@pytest.mark.oclgrind_reuse_false_positive  # as the property test of this path (test_conv_properties.py)
+def test_channels_first_through_the_transposes_reuses_its_intermediates_safely():
+    # A channels-first layer with many channels runs x -> transpose ->
+    # convolution -> transpose, with the two intermediates taken from the
+    # runtime's workspace call after call.  Chained device calls, each on
+    # new data: every result must be its own (the next call's transposes
+    # wait for the last readers of the intermediates, on any queue).
+    from unittest import mock
+
+    rt = runtime.get_runtime()
+    rng = np.random.default_rng(24)
+    n, h, w, cin, cout = (1, 6, 7, 4, 4) if on_oclgrind() else (2, 24, 30, 16, 16)
+    k = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    xs = [rng.standard_normal((n, cin, h, w)).astype(np.float32) for _ in range(4)]
+    kwargs = dict(padding="same", dilation_rate=2, data_format="channels_first")
+    with mock.patch.object(params, "CHANNELS_FIRST_MACS", 0):
+        results = [clatrous.conv2d(cl_array.to_device(rt.queue, x), k, **kwargs) for x in xs]
+        host = clatrous.conv2d(xs[0], k, **kwargs)
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_allclose(result.get(), reference.conv2d(x, k, **kwargs), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(host, reference.conv2d(xs[0], k, **kwargs), rtol=1e-4, atol=1e-4)
