@@ -191,10 +191,12 @@ def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, 
             result.events.append(pending[-1])
             return result
         staging.read_back(queue, result, y_buf, shared, pending[-1:])
-    except BaseException:
+    except BaseException as exc:
         # A host x may be read in place: never leave while a kernel reads it.
         for event in pending:
             event.wait()
+        if isinstance(exc, cl.MemoryError):
+            raise _memory_error(runtime, prepared, exc) from None
         raise
     return result
 
@@ -206,11 +208,15 @@ def _whole(runtime: Runtime, op: Operation, prepared: Prepared, out_shape, choic
             return enqueue(runtime, launch, prepared, out_shape, out=out)[0]
         return _host_call(runtime, launch, prepared, out_shape, out)
     except cl.MemoryError as exc:
-        g = prepared.geometry
-        raise DeviceMemoryError(
-            f"the device {runtime.info.name!r} could not hold a convolution of x {(g.n, g.h, g.w, g.cin)} "
-            f"into {g.output_shape} ({exc}); lower clatrous.runtime.settings.device_bytes to split it further"
-        ) from None
+        raise _memory_error(runtime, prepared, exc) from None
+
+
+def _memory_error(runtime: Runtime, prepared: Prepared, exc) -> DeviceMemoryError:
+    g = prepared.geometry
+    return DeviceMemoryError(
+        f"the device {runtime.info.name!r} could not hold a convolution of x {g.input_shape} "
+        f"into {g.output_shape} ({exc}); lower clatrous.runtime.settings.device_bytes to split it further"
+    )
 
 
 def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], out=None):

@@ -196,3 +196,22 @@ def test_channels_first_through_the_transposes_reuses_its_intermediates_safely()
     for x, result in zip(xs, results, strict=True):
         np.testing.assert_allclose(result.get(), reference.conv2d(x, k, **kwargs), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(host, reference.conv2d(xs[0], k, **kwargs), rtol=1e-4, atol=1e-4)
+
+
+def test_channels_first_through_the_transposes_names_a_device_out_of_memory(monkeypatch):
+    # Its intermediates are allocated in the chain: a driver's MemoryError
+    # there is clatrous's DeviceMemoryError, as for every other launch.
+    from unittest import mock
+
+    from clatrous.errors import DeviceMemoryError
+
+    def no_memory(*args, **kwargs):
+        raise cl.MemoryError("clCreateBuffer", cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, "out of memory")
+
+    monkeypatch.setattr(staging, "device_empty", no_memory)
+    x = np.random.default_rng(25).standard_normal((1, 4, 6, 7)).astype(np.float32)
+    with (
+        mock.patch.object(params, "CHANNELS_FIRST_MACS", 0),
+        pytest.raises(DeviceMemoryError, match="x \\(1, 4, 6, 7\\)"),
+    ):
+        clatrous.conv2d(x, np.ones((3, 3, 4, 2), np.float32), data_format="channels_first")
