@@ -88,22 +88,25 @@ def enqueue(
     out_shape: tuple[int, ...],
     wait_for=(),
     out: cl_array.Array | None = None,
+    share: bool = False,
 ) -> tuple[cl_array.Array, cl.Event]:
     """Launch on device-resident output: (the result Array, the kernel's event).
 
     Host ``kernel`` and ``bias`` are copied (the call returns before the
-    kernel runs); the kernel waits for ``wait_for``, for every event pending
-    on device inputs and on ``out`` (the caller's result Array, when given);
-    the result carries the kernel's event.
+    kernel runs), or with ``share`` lent to a CPU device in place (only for
+    a caller that waits for the kernel before returning); the kernel waits
+    for ``wait_for``, for every event pending on device inputs and on
+    ``out`` (the caller's result Array, when given); the result carries the
+    kernel's event.
     """
     dtype, queue = prepared.dtype, runtime.queue
     x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=False)
     waits = [*wait_for, *waits]
-    w_buf, more = staging.weight_buffer(runtime, prepared.kernel, dtype, share=False)
+    w_buf, more = staging.weight_buffer(runtime, prepared.kernel, dtype, share=share)
     waits += more
     b_buf = None
     if prepared.bias is not None:
-        b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=False)
+        b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=share)
         waits += more
     if out is None:
         result = launch.small_result(queue, out_shape, dtype)
@@ -172,7 +175,9 @@ def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, 
         pending.append(_transpose(runtime, x_buf, x_offset, x_last.base_data, into_last, dtype, waits))
         x_last.events.append(pending[-1])
         moved = dataclasses.replace(prepared, x=x_last, geometry=last)
-        _, event = enqueue(runtime, get_launch(runtime, op, moved), moved, last.output_shape, out=y_last)
+        launch = get_launch(runtime, op, moved)
+        # A host call waits for its kernels: it may lend them the host weights.
+        _, event = enqueue(runtime, launch, moved, last.output_shape, out=y_last, share=not on_device)
         pending.append(event)
         x_last.events.append(event)  # its reader: the next writer waits for it
         if on_device:
