@@ -20,6 +20,7 @@ bit for bit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,10 +78,20 @@ def _fits(g: ConvGeometry, itemsize: int, weights: int, max_alloc: int, budget: 
     )
 
 
+@functools.lru_cache(maxsize=256)
 def plan_pieces(
     g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, *, resident_input: bool = False
-) -> list[Piece]:
-    """The pieces to launch, in order; one piece when the whole problem fits."""
+) -> tuple[Piece, ...]:
+    """The pieces to launch, in order; one piece when the whole problem fits.
+
+    Kept for the most recent 256 problems (a repeated small call, W1, would
+    otherwise plan again each time); a problem that does not fit raises
+    every time.
+    """
+    return tuple(_plan_pieces(g, itemsize, max_alloc, budget, resident_input))
+
+
+def _plan_pieces(g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, resident_input: bool):
     weights = (g.kh * g.kw * g.cin_per_group * g.cout + g.cout) * itemsize
     if _fits(g, itemsize, weights, max_alloc, budget, g.n, g.h, g.w, g.ho, g.wo):
         return [Piece(0, g.n)]
