@@ -101,13 +101,12 @@ def _keras_dtype(value):
 class _Layer:
     """What the layers share: the geometry arguments, dtype, weights under a lock, and the call."""
 
-    #: Whether ``_forward`` computes channels-first data as it is (the functional
-    #: calls index it); otherwise ``__call__`` reads it through a transposed view.
-    _computes_channels_first = False
-
     def _channels_first_in_place(self, x) -> bool:
-        """Whether channels-first ``x`` is computed as it lies (the functional calls decide the rest)."""
-        return True
+        """Whether ``_forward`` takes channels-first ``x`` as it lies (the functional calls index it).
+
+        Otherwise ``__call__`` reads it through a transposed view.
+        """
+        return False
 
     def __init__(
         self,
@@ -343,7 +342,7 @@ class _Layer:
         channels_first = False  # whether the result must move its channels back to axis 1
         channel_axis, layout = -1, "channels_last"
         if self.data_format == "channels_first":
-            if self._computes_channels_first and self._channels_first_in_place(x):
+            if self._channels_first_in_place(x):
                 channel_axis, layout = 1, "channels_first"
             else:
                 x, channels_first = to_channels_last(x, self.data_format, self.rank)
@@ -510,7 +509,8 @@ class Conv2D(_Layer):
            [22., 75.]], dtype=float32)
     """
 
-    _computes_channels_first = True
+    def _channels_first_in_place(self, x) -> bool:
+        return True
 
     def __init__(
         self,
@@ -608,7 +608,8 @@ class DepthwiseConv2D(_Layer):
     Arguments as :class:`Conv2D`; see :func:`clatrous.depthwise_conv2d`.
     """
 
-    _computes_channels_first = True
+    def _channels_first_in_place(self, x) -> bool:
+        return True
 
     def __init__(
         self,
@@ -673,12 +674,12 @@ class SeparableConv2D(_Layer):
     event: the intermediate never comes back to the host.
     """
 
-    _computes_channels_first = True
-
     def _channels_first_in_place(self, x) -> bool:
-        # The pointwise step has C_in * M multiply-adds an output: with many
-        # channels (D2: 2048) it runs 4x faster channels-last, even with the
-        # transposed copies (RESULTS.md, Run V).  A device x stays as it is.
+        # The pointwise step has C_in * M multiply-adds an output.  With many
+        # channels a host x goes through a transposed view and the whole
+        # layer runs channels-last: D2 13.3 ms, against 15.7 ms in place with
+        # the 1x1 step transposed on the device (RESULTS.md, Run X).  A
+        # device x stays as it is (its 1x1 step transposes on the device).
         if is_device_array(x) or len(x.shape) != self.rank + 2:  # the rank is checked next
             return True
         return x.shape[1] * self.depth_multiplier <= CHANNELS_FIRST_MACS
