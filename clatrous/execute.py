@@ -171,7 +171,8 @@ def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, 
     workspace = staging.Workspace(runtime, last.input_shape, dtype)
     try:
         x_last, y_last = workspace.take(last.input_shape), workspace.take(last.output_shape)
-        waits = poison(queue, x_last.base_data, dtype, x_last.nbytes, [*waits, *x_last.events])
+        waits = [*waits, *staging.pending_events(x_last)]  # its last readers (a reused buffer)
+        waits = poison(queue, x_last.base_data, dtype, x_last.nbytes, waits)
         pending.append(_transpose(runtime, x_buf, x_offset, x_last.base_data, into_last, dtype, waits))
         x_last.events.append(pending[-1])
         moved = dataclasses.replace(prepared, x=x_last, geometry=last)

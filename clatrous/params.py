@@ -112,20 +112,21 @@ def fits(info: DeviceInfo, variant: Variant, config: dict, dtype: np.dtype, g: C
     return variant.local_bytes(g, variant.complete(config), dtype) <= info.local_mem
 
 
-#: A channels-first host call with more multiply-adds per output than this
-#: (taps x input channels per group) runs faster on a transposed copy, through
+#: A channels-first call with more multiply-adds per output than this (taps x
+#: input channels per group) runs faster transposed to channels-last, through
 #: the channels-last kernels, than in the plane kernel.  Measured on PoCL on
-#: this project's 2-core Xeon (RESULTS.md, Run V): at 27 (3 -> 16 channels,
-#: 3x3) and on depthwise layers the plane kernel was 4-23x faster; at 128
-#: (WaveNet's 1x2, 64 -> 64) 3x; at 144 even; at 576 (W4, 3x3, 64 -> 64) the
-#: copy 1.6x faster, at 18432 (W3) 6x.
+#: this project's 2-core Xeon (RESULTS.md, Runs V and X): at 27 (3 -> 16
+#: channels, 3x3) and on depthwise layers the plane kernel was 4-23x faster;
+#: at 128 (WaveNet's 1x2, 64 -> 64) 1.6x; at 144 even; at 288 the transposes
+#: 1.1x faster, at 576 (W4) 2x, at 18432 (W3) 6x.
 CHANNELS_FIRST_MACS = 256
 
 
 def channels_first_in_place(info: DeviceInfo, g: ConvGeometry) -> bool:
-    """Whether a channels-first call on host arrays runs the plane kernel on the caller's layout.
+    """Whether a channels-first call runs the plane kernel on the caller's layout.
 
-    Otherwise it runs on a transposed copy; device arrays always run in place.
+    Otherwise it is transposed on the device, through the channels-last
+    kernels, and back (:func:`clatrous.execute.run`).
     """
     return g.kh * g.kw * g.cin_per_group <= CHANNELS_FIRST_MACS
 
@@ -148,12 +149,7 @@ def _planar_defaults(info: DeviceInfo, g: ConvGeometry, itemsize: int) -> dict:
     else:
         vw = 4
     rb = 1 if single_row else 4 if cb == 1 else 2
-    while vw * rb * cb > 128:  # the space's limit on accumulators (float64: VW=8 fits it anyway)
-        if rb > 1:
-            rb //= 2
-        else:
-            cb //= 2
-    return {"VW": vw, "RB": rb, "CB": cb}
+    return {"VW": vw, "RB": rb, "CB": cb}  # at most 16 x 8 accumulator elements: the space's limit
 
 
 def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:

@@ -264,8 +264,8 @@ class Workspace:
     gives them back when it has enqueued its last launch; a concurrent call
     finds the workspace empty and allocates its own.  Every launch that
     writes a buffer must wait for the events on it, its last readers'
-    included, so reuse is safe on any queue: a taken array's completed
-    events are dropped, and its readers append theirs.
+    included (:func:`pending_events` of it), so reuse is safe on any
+    queue: its readers append their events, completed ones are dropped.
     """
 
     def __init__(self, runtime: Runtime, shape, dtype):
@@ -280,7 +280,7 @@ class Workspace:
         for index, array in enumerate(self.free):
             if array.shape == shape:
                 array = self.free.pop(index)
-                array.events[:] = pending_events(array)  # the list stays short call after call
+                pending_events(array)  # drops its completed events: the list stays short
                 return array
         array = device_empty(self.runtime, shape, np.dtype(self.key[1]))
         self.all.append(array)

@@ -508,17 +508,7 @@ PLANE = Variant(
         f"-DSH={g.sh}",
         f"-DSW={g.sw}",
     ],
-    scalars=lambda g, c: (
-        g.h,
-        g.w,
-        g.ho,
-        g.wo,
-        g.dh,
-        g.dw,
-        g.pad_top,
-        g.pad_left,
-        _plane_rows(g, c)[0],
-    ),
+    scalars=lambda g, c: (g.h, g.w, g.ho, g.wo, g.dh, g.dw, g.pad_top, g.pad_left, _plane_rows(g, c)[0]),
     ndrange=_plane_ndrange,
     channels_first=True,
 )
