@@ -178,21 +178,30 @@ def parse_workload(text: str) -> Workload:
 # ---------------------------------------------------------------- peers
 
 
-def _clatrous_call(wl, lib, device=None):
-    """``call(x)`` computing the workload with the clatrous package ``lib`` (weights bound)."""
+def _function(wl, lib):
+    """The function of ``lib`` (clatrous, an earlier clatrous) that computes a workload of one call."""
+    return {"conv1d": lib.conv1d, "conv2d": lib.conv2d}.get(wl.kind) or lib.depthwise_conv2d
+
+
+def _clatrous_call(wl, lib, device=None, **layout):
+    """``call(x)`` computing the workload with the clatrous package ``lib`` (weights bound).
+
+    ``layout`` is empty, or ``data_format="channels_first"`` for x in (N, C, H, W).
+    """
     a = wl.arrays
     if wl.kind == "separable":
         layer = lib.SeparableConv2D(
-            wl.cout, (wl.kh, wl.kw), padding=wl.padding, dilation_rate=wl.d, strides=wl.s, device=device
-        )
+            wl.cout, (wl.kh, wl.kw), padding=wl.padding, dilation_rate=wl.d, strides=wl.s, device=device,
+            **layout,
+        )  # fmt: skip
         layer.set_weights([a["k"], a["pk"], a["b"]])
         if device is None:  # device arrays: the layer's two steps, without the final read back
             return lambda x: layer._forward(x, layer._weights)
         return layer
-    fn = {"conv1d": lib.conv1d, "conv2d": lib.conv2d}.get(wl.kind) or lib.depthwise_conv2d
+    fn = _function(wl, lib)
     if device is None:
-        return lambda x, k=a["k"], b=a["b"]: fn(x, k, b, **wl.kwargs)
-    return lambda x: fn(x, a["k"], a["b"], device=device, **wl.kwargs)
+        return lambda x, k=a["k"], b=a["b"]: fn(x, k, b, **wl.kwargs, **layout)
+    return lambda x: fn(x, a["k"], a["b"], device=device, **wl.kwargs, **layout)
 
 
 def clatrous_host(wl, rt):
@@ -237,7 +246,7 @@ def clatrous_out(wl, rt):
     if wl.kind == "separable":
         return None
     a = wl.arrays
-    fn = {"conv1d": clatrous.conv1d, "conv2d": clatrous.conv2d}.get(wl.kind) or clatrous.depthwise_conv2d
+    fn = _function(wl, clatrous)
     first = fn(a["x"], a["k"], a["b"], device=rt.queue, **wl.kwargs)
     out = clatrous.aligned_empty(first.shape, first.dtype)  # written in place by a CPU device
     return lambda: fn(a["x"], a["k"], a["b"], device=rt.queue, out=out, **wl.kwargs)
@@ -245,18 +254,9 @@ def clatrous_out(wl, rt):
 
 def clatrous_channels_first(wl, rt):
     """The host call on channels-first data (N, C, H, W), PyTorch's layout: x transposed before timing."""
-    a = wl.arrays
-    x = np.ascontiguousarray(np.moveaxis(a["x"], -1, 1))
-    if wl.kind == "separable":
-        layer = clatrous.SeparableConv2D(
-            wl.cout, (wl.kh, wl.kw), padding=wl.padding, dilation_rate=wl.d, strides=wl.s,
-            data_format="channels_first", device=rt.queue,
-        )  # fmt: skip
-        layer.set_weights([a["k"], a["pk"], a["b"]])
-        call = lambda: layer(x)  # noqa: E731
-    else:
-        fn = {"conv1d": clatrous.conv1d, "conv2d": clatrous.conv2d}.get(wl.kind) or clatrous.depthwise_conv2d
-        call = lambda: fn(x, a["k"], a["b"], device=rt.queue, data_format="channels_first", **wl.kwargs)  # noqa: E731
+    x = np.ascontiguousarray(np.moveaxis(wl.arrays["x"], -1, 1))
+    layer_or_call = _clatrous_call(wl, clatrous, rt.queue, data_format="channels_first")
+    call = lambda: layer_or_call(x)  # noqa: E731
     expected = np.moveaxis(clatrous_host(wl, rt)(), -1, 1)
     got = call()
     scale = np.max(np.abs(expected)) + 1e-30
@@ -334,7 +334,7 @@ def _reference(wl):
     if wl.kind == "separable":
         middle = reference.depthwise_conv2d(a["x"], a["k"], **wl.kwargs)
         return reference.conv2d(middle, a["pk"], a["b"])
-    fn = {"conv1d": reference.conv1d, "conv2d": reference.conv2d}.get(wl.kind) or reference.depthwise_conv2d
+    fn = _function(wl, reference)
     return fn(a["x"], a["k"], a["b"], **wl.kwargs)
 
 
