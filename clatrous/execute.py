@@ -54,9 +54,8 @@ def check_device(runtime: Runtime, prepared: Prepared) -> None:
             f"x is float64 but device {runtime.info.name!r} ({runtime.info.platform}) has no "
             "cl_khr_fp64; pass float32 data or choose another device"
         )
-    for name in ("x", "kernel", "bias"):
-        value = getattr(prepared, name)
-        if not is_device_array(value):
+    for name, value in (("x", prepared.x), ("kernel", prepared.kernel), ("bias", prepared.bias)):
+        if value is None or type(value) is np.ndarray or not is_device_array(value):
             continue
         if value.dtype != prepared.dtype:
             raise TypeError(f"{name} on the device must have dtype {prepared.dtype}, got {value.dtype}")
@@ -81,6 +80,16 @@ def poison(queue: cl.CommandQueue, buf, dtype: np.dtype, nbytes: int, wait_for: 
     return [fill]
 
 
+def _weights(runtime: Runtime, launch: Launch, prepared: Prepared, share: bool):
+    """(kernel buffer, bias buffer or None, events to wait for), small host ones kept by ``launch``."""
+    dtype, kept = prepared.dtype, launch.kept
+    w_buf, w_events = staging.weight_buffer(runtime, prepared.kernel, dtype, share=share, kept=kept, role="w")
+    if prepared.bias is None:
+        return w_buf, None, w_events
+    b_buf, b_events = staging.weight_buffer(runtime, prepared.bias, dtype, share=share, kept=kept, role="b")
+    return w_buf, b_buf, w_events + b_events
+
+
 def enqueue(
     runtime: Runtime,
     launch: Launch,
@@ -102,12 +111,8 @@ def enqueue(
     dtype, queue = prepared.dtype, runtime.queue
     x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=False)
     waits = [*wait_for, *waits]
-    w_buf, more = staging.weight_buffer(runtime, prepared.kernel, dtype, share=share)
+    w_buf, b_buf, more = _weights(runtime, launch, prepared, share)
     waits += more
-    b_buf = None
-    if prepared.bias is not None:
-        b_buf, more = staging.weight_buffer(runtime, prepared.bias, dtype, share=share)
-        waits += more
     if out is None:
         result = launch.small_result(queue, out_shape, dtype)
         if result is None:
@@ -127,10 +132,7 @@ def _host_call(
     """One launch on host arrays, read in place where possible; waits for the result."""
     dtype, queue = prepared.dtype, runtime.queue
     x_buf, x_offset, _ = staging.input_buffer(runtime, prepared.x, dtype, share=True)
-    w_buf, _ = staging.weight_buffer(runtime, prepared.kernel, dtype, share=True)
-    b_buf = (
-        None if prepared.bias is None else staging.weight_buffer(runtime, prepared.bias, dtype, share=True)[0]
-    )
+    w_buf, b_buf, _ = _weights(runtime, launch, prepared, True)
     result, y_buf, shared = staging.host_output(runtime, out_shape, dtype, out)
     pending: list[cl.Event] = []
     try:
@@ -242,7 +244,7 @@ def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], o
 
     choice = params.forced_choice()
     g = prepared.geometry
-    pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), resident_input=on_device)
+    pieces = splitting.plan_pieces(g, dtype.itemsize, *limits(runtime), on_device)
     if g.channels_first:
         if len(pieces) > 1:
             # Splitting cuts bands of channels-last images: the transposed

@@ -40,7 +40,7 @@ _INT_MAX = 2**31 - 1
 class Launch:
     """A plan with its own kernel object, whose scalar arguments are set once."""
 
-    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like")
+    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like", "kept")
 
     def __init__(self, runtime: Runtime, plan: Plan):
         self.plan = plan
@@ -61,6 +61,8 @@ class Launch:
         self.kernel = kernel
         self.lock = threading.Lock()
         self.result_like = None
+        # Small host weights' device copies, by role (see clatrous.staging.weight_buffer).
+        self.kept: dict[str, tuple[bytes, cl.Buffer]] = {}
 
     def small_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
         """A new device Array for a result up to :data:`SMALL_RESULT_BYTES`; None for a larger one.

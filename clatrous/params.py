@@ -75,6 +75,10 @@ class DatabaseError(OSError):
 # ---------------------------------------------------------------- forced choices
 
 _forced = threading.local()
+# How many threads are inside ``forced`` now: while none is, every call
+# skips the thread-local lookup (0.35 us of a W1 call's 90).
+_forcing = 0
+_forcing_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -85,16 +89,23 @@ def forced(variant: str, config: dict):
     >>> with params.forced("direct", {}):
     ...     pass  # clatrous.conv2d(...) here runs the direct kernel
     """
+    global _forcing
     before = getattr(_forced, "choice", None)
     _forced.choice = (variant, dict(config))
+    with _forcing_lock:
+        _forcing += 1
     try:
         yield
     finally:
         _forced.choice = before
+        with _forcing_lock:
+            _forcing -= 1
 
 
 def forced_choice() -> tuple[str, dict] | None:
     """The (variant, configuration) forced on this thread, or None."""
+    if not _forcing:
+        return None
     return getattr(_forced, "choice", None)
 
 

@@ -80,7 +80,7 @@ def _fits(g: ConvGeometry, itemsize: int, weights: int, max_alloc: int, budget: 
 
 @functools.lru_cache(maxsize=256)
 def plan_pieces(
-    g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, *, resident_input: bool = False
+    g: ConvGeometry, itemsize: int, max_alloc: int, budget: int, resident_input: bool = False
 ) -> tuple[Piece, ...]:
     """The pieces to launch, in order; one piece when the whole problem fits.
 

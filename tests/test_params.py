@@ -219,3 +219,31 @@ def test_a_tuner_killed_mid_write_leaves_a_valid_database(tmp_path):
     assert len(saved["devices"]["device killed"]) >= 20
     params.store("device other", "class 0", {"variant": "direct", "config": {}}, path)
     assert len(params.load_database(path)["device killed"]) == len(saved["devices"]["device killed"])
+
+
+def test_a_forced_choice_holds_in_its_thread_only_and_ends_with_its_block():
+    import threading
+
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        inside.wait()
+        seen["other"] = params.forced_choice()
+        release.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    assert params.forced_choice() is None
+    with params.forced("blocked", {"VW": 4}):
+        with params.forced("direct", {}):
+            assert params.forced_choice() == ("direct", {})
+        assert params.forced_choice() == ("blocked", {"VW": 4})
+        inside.set()
+        release.wait(10)
+    worker.join(10)
+    assert seen["other"] is None
+    assert params.forced_choice() is None
+    with pytest.raises(RuntimeError), params.forced("direct", {}):
+        raise RuntimeError("the block ends early")
+    assert params.forced_choice() is None
