@@ -116,6 +116,7 @@ class DeviceInfo:
     local_mem: int
     compute_units: int
     host_memory: bool  # a CPU computing in host memory: buffers may alias host arrays
+    compiler: str = "other"  # whose OpenCL implementation: see COMPILERS
 
     @property
     def key(self) -> str:
@@ -124,6 +125,23 @@ class DeviceInfo:
 
 
 _info_cache: dict[int, DeviceInfo] = {}
+
+#: ``DeviceInfo.compiler``: a word of the platform's name -> the implementation,
+#: for what depends on the compiler and driver rather than on the device kind.
+COMPILERS = {
+    "portable computing language": "pocl",
+    "intel": "intel",
+    "nvidia": "nvidia",
+    "amd": "amd",
+    "apple": "apple",
+    "oclgrind": "oclgrind",
+}
+
+
+def compiler_of(platform_name: str) -> str:
+    """The implementation a platform's name says (:data:`COMPILERS`), else ``"other"``."""
+    name = platform_name.casefold()
+    return next((compiler for word, compiler in COMPILERS.items() if word in name), "other")
 
 
 def device_info(device: cl.Device) -> DeviceInfo:
@@ -145,6 +163,7 @@ def device_info(device: cl.Device) -> DeviceInfo:
             local_mem=int(device.local_mem_size),
             compute_units=int(device.max_compute_units),
             host_memory=kind == "cpu" and _host_unified(device),
+            compiler=compiler_of(device.platform.name),
         )
         _info_cache[device.int_ptr] = info
     return info

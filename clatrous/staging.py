@@ -50,14 +50,27 @@ ALIGN = 128
 # sharing and mapping a buffer costs about 15 us more per call than copying a
 # few kilobytes (W1, the notebook's 4x4 matrix, is all launch overhead).
 SMALL_BYTES = 64 * 1024
-# A new device result of at least this size, on a device that computes in
-# host memory, is advised as huge pages (see :func:`device_empty`).  Smaller
-# ones come from memory glibc's malloc keeps and reuses, already faulted in
-# (its mmap threshold grows to 32 MiB), where the advice only costs the map:
-# measured on PoCL, 8 channels of 3x3, a result of 16 MiB 5.56 ms a call
-# advised against 5.51 not, W5 (16 MiB) 1.75 against 1.51 ms; 32 MiB 12.4
-# against 17.0 ms, 128 MiB 51.7 against 68.3 ms.
-HUGE_PAGE_BYTES = 32 * 1024 * 1024
+#: A new device result of at least this size, on a device that computes in
+#: host memory, is advised as huge pages (see :func:`device_empty`), unless
+#: :data:`HUGE_PAGE_BYTES_BY_COMPILER` says otherwise for its driver.
+#: Intel's CPU runtime maps fresh memory for every buffer: W5's 16 MiB
+#: result on device arrays, 2.72 ms a call advised against 5.41 not, W6's
+#: 5.86 against 8.11.
+HUGE_PAGE_BYTES = 4 * 1024 * 1024
+#: PoCL allocates a buffer with malloc, and below glibc's largest mmap
+#: threshold (32 MiB) that memory is reused, already faulted in, so the
+#: advice only costs its map: W5 on device arrays 1.49 ms a call from 32 MiB
+#: against 1.54 from 4 MiB (1.75 against 1.51 in a first measure), W6 3.25
+#: against 3.29; from 32 MiB it pays (8 channels of 3x3: 32 MiB 12.4 against
+#: 17.0 ms, 128 MiB 51.7 against 68.3 ms).
+HUGE_PAGE_BYTES_BY_COMPILER = {"pocl": 32 * 1024 * 1024}
+
+
+def huge_page_bytes(info) -> int:
+    """From what size a new device result on this device is advised as huge pages."""
+    return HUGE_PAGE_BYTES_BY_COMPILER.get(info.compiler, HUGE_PAGE_BYTES)
+
+
 #: A host kernel or bias up to this size is copied to the device once and
 #: kept by its launch while the caller passes the same bytes (see
 #: :func:`weight_buffer`): on PoCL, a new buffer for each of W1's two costs
@@ -107,7 +120,8 @@ def device_empty(runtime: Runtime, shape: tuple[int, ...], dtype) -> cl_array.Ar
     """
     dtype = np.dtype(dtype)
     result = cl_array.empty(runtime.queue, shape, dtype)
-    if runtime.info.host_memory and result.nbytes >= HUGE_PAGE_BYTES and _MADVISE is not None:
+    info = runtime.info
+    if info.host_memory and result.nbytes >= huge_page_bytes(info) and _MADVISE is not None:
         side = runtime.side_queue
         mapped, _ = cl.enqueue_map_buffer(
             side,

@@ -176,3 +176,19 @@ def test_the_cache_folder_comes_from_platformdirs(monkeypatch, tmp_path):
     assert runtime.cache_dir() == tmp_path / "clatrous"
     monkeypatch.setenv("CLATROUS_CACHE_DIR", str(tmp_path / "mine"))
     assert runtime.cache_dir() == tmp_path / "mine"
+
+
+def test_the_compiler_is_read_from_the_platform_name():
+    names = {
+        "Portable Computing Language": "pocl",
+        "Intel(R) OpenCL": "intel",
+        "Intel(R) OpenCL Graphics": "intel",
+        "NVIDIA CUDA": "nvidia",
+        "AMD Accelerated Parallel Processing": "amd",
+        "Apple": "apple",
+        "Oclgrind": "oclgrind",
+        "rusticl": "other",
+    }
+    assert {name: runtime.compiler_of(name) for name in names} == names
+    info = runtime.get_runtime().info
+    assert info.compiler == runtime.compiler_of(info.platform)

@@ -57,3 +57,14 @@ def test_a_launch_reuses_its_copy_of_unchanged_weights_and_only_small_ones():
     out = clatrous.conv2d(xb, big, **CALL)
     assert_matches_reference(out, xb, big, **CALL)
     assert "w" not in _launch_of(xb, big, None).kept
+
+
+def test_the_huge_page_threshold_is_the_drivers():
+    # PoCL's buffers come from malloc, reused below glibc's 32 MiB mmap
+    # threshold; Intel's runtime maps fresh memory for each (RESULTS.md, Run Z).
+    import dataclasses
+
+    info = runtime.get_runtime().info
+    assert staging.huge_page_bytes(dataclasses.replace(info, compiler="pocl")) == 32 * 2**20
+    assert staging.huge_page_bytes(dataclasses.replace(info, compiler="intel")) == staging.HUGE_PAGE_BYTES
+    assert staging.HUGE_PAGE_BYTES == 4 * 2**20
