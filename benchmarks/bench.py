@@ -19,7 +19,9 @@ reference on the small workloads (timed after the others, not interleaved).
 Every clatrous result is checked against the reference before it is timed.
 Two more clatrous rows time the host call in the loops users write: one that
 keeps each result (the last 32; each call then writes fresh memory) and one
-that writes into the same ``out=`` array every call.
+that writes into the same ``out=`` array every call; one more, the device
+arrays' loop with each result from a ``pyopencl.tools.MemoryPool``
+(``allocator=``).
 
     python benchmarks/bench.py                      # the standard workloads
     python benchmarks/bench.py --only W4,W6 --rounds 20
@@ -218,6 +220,24 @@ def clatrous_device(wl, rt):
 
     def run():
         out = call(x, *weights)
+        rt.queue.finish()
+        return out
+
+    return run
+
+
+def clatrous_pooled(wl, rt):
+    """Device arrays as in ``clatrous_device``, each result's buffer from a PyOpenCL MemoryPool."""
+    if wl.kind == "separable":
+        return None
+    import pyopencl.tools as cl_tools
+
+    pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(rt.queue))
+    fn = _function(wl, clatrous)
+    x, k, b = (cl_array.to_device(rt.queue, wl.arrays[n]) for n in ("x", "k", "b"))
+
+    def run():
+        out = fn(x, k, b, allocator=pool, **wl.kwargs)
         rt.queue.finish()
         return out
 
@@ -528,6 +548,7 @@ def clblast(wl, rt):
 PEERS = {
     "clatrous": clatrous_host,
     "clatrous (device arrays)": clatrous_device,
+    "clatrous (device arrays, pool)": clatrous_pooled,
     "clatrous (zeros border)": clatrous_zeros,
     "clatrous (results kept)": clatrous_kept,
     "clatrous (out=)": clatrous_out,

@@ -27,6 +27,7 @@ __all__ = [
     "Prepared",
     "PreparedBranches",
     "channels_last_view",
+    "check_allocator",
     "check_out",
     "host_array",
     "is_channels_first",
@@ -181,6 +182,22 @@ def check_out(out, prepared: Prepared, shape: tuple[int, ...]):
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     return out
+
+
+def check_allocator(allocator, prepared: Prepared, out):
+    """``allocator`` validated: None, or a callable for a call on a device ``x`` without ``out``."""
+    if allocator is None:
+        return None
+    if not callable(allocator):
+        raise TypeError(
+            "allocator must be callable, as pyopencl.tools.MemoryPool(...) is, "
+            f"got {type(allocator).__name__}"
+        )
+    if not is_device_array(prepared.x):
+        raise ValueError("allocator is for device results: x is a host array, so the result is an ndarray")
+    if out is not None:
+        raise ValueError("give out or allocator, not both: out is the result's memory already")
+    return allocator
 
 
 def normalize_activation(activation) -> str:

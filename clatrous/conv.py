@@ -8,7 +8,7 @@ convolution is computed as a 2-D one with a single row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -17,8 +17,15 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from . import params, reference
-from .arguments import check_out, is_channels_first, is_device_array, prepare, prepare_depthwise
-from .execute import run
+from .arguments import (
+    check_allocator,
+    check_out,
+    is_channels_first,
+    is_device_array,
+    prepare,
+    prepare_depthwise,
+)
+from .execute import run, runtime_for
 from .variants import CONV2D_VARIANTS, Operation
 
 __all__ = ["CONV2D", "conv1d", "conv2d", "depthwise_conv2d"]
@@ -31,6 +38,8 @@ IntOrPair = int | Sequence[int]
 Device = cl.Device | cl.Context | cl.CommandQueue | None
 #: What the functions return: an ndarray, or a device Array for a device ``x``.
 Result = np.ndarray | cl_array.Array
+#: Allocates a device result's buffer of a size in bytes, as PyOpenCL's arrays take it.
+Allocator = Callable[[int], cl.Buffer]
 
 #: The dense convolution: its kernel variants, its NumPy reference, its defaults.
 CONV2D = Operation("conv2d", CONV2D_VARIANTS, reference.conv_prepared, params.conv2d_defaults)
@@ -49,6 +58,7 @@ def conv2d(
     padding_mode: str = "zeros",
     data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
     out: Result | None = None,
+    allocator: Allocator | None = None,
     device: Device = None,
 ) -> Result:
     """Dilated (atrous) 2-D cross-correlation on an OpenCL device.
@@ -102,6 +112,16 @@ def conv2d(
         It is returned.  The kernel writes it directly (channels-first aside;
         on a CPU device, in place when it starts on a 128-byte boundary, as
         :func:`clatrous.aligned_empty` makes it, else through one copy).
+    allocator : callable, optional
+        How a device result's buffer is allocated, as PyOpenCL's arrays take
+        it; ``pyopencl.tools.MemoryPool(pyopencl.tools.ImmediateAllocator(queue))``
+        lets a loop reuse the buffers of the results it dropped, instead of
+        asking the driver for new memory every call.  For a device ``x``
+        only, and not with ``out``.  A pool hands a dropped result's buffer
+        to the next call at once, which the queue orders behind every
+        command already on it; so, as with PyOpenCL's own pools, use one
+        in-order queue, or finish with a result on any other queue before
+        dropping it.
     device : pyopencl Device, Context or CommandQueue, optional
         Default: ``CLATROUS_DEVICE``, else ``PYOPENCL_CTX``, else the first GPU, else the first CPU.
 
@@ -147,7 +167,7 @@ def conv2d(
         channels_first=is_channels_first(data_format),
     )
     g = prepared.geometry
-    return _run_into(prepared, device, (g.ho, g.wo) if prepared.squeeze else g.output_shape, out)
+    return _run_into(prepared, device, (g.ho, g.wo) if prepared.squeeze else g.output_shape, out, allocator)
 
 
 def conv1d(
@@ -163,6 +183,7 @@ def conv1d(
     padding_mode: str = "zeros",
     data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
     out: Result | None = None,
+    allocator: Allocator | None = None,
     device: Device = None,
 ) -> Result:
     """Dilated 1-D cross-correlation on an OpenCL device, as Keras ``Conv1D``.
@@ -177,7 +198,7 @@ def conv1d(
     padding : {"valid", "same", "causal"}, int or (left, right)
         ``"causal"`` pads ``dilation_rate * (k - 1)`` on the left only, as
         WaveNet does, so output ``t`` sees inputs up to ``t``.
-    activation, groups, padding_mode, data_format, out, device
+    activation, groups, padding_mode, data_format, out, allocator, device
         As for :func:`conv2d` (channels-first: ``x`` ``(N, C_in, L)``, result ``(N, C_out, Lo)``).
 
     Returns
@@ -205,7 +226,7 @@ def conv1d(
     )
     g = prepared.geometry
     shape = (g.n, g.cout, g.wo) if channels_first else (g.wo,) if prepared.squeeze else (g.n, g.wo, g.cout)
-    return _run_into(prepared, device, shape, out)
+    return _run_into(prepared, device, shape, out, allocator)
 
 
 def depthwise_conv2d(
@@ -220,6 +241,7 @@ def depthwise_conv2d(
     activation: str | None = None,
     data_format: Literal["channels_last", "channels_first"] | None = "channels_last",
     out: Result | None = None,
+    allocator: Allocator | None = None,
     device: Device = None,
 ) -> Result:
     """Depthwise dilated 2-D convolution, as ``tf.nn.depthwise_conv2d`` and Keras ``DepthwiseConv2D``.
@@ -236,7 +258,7 @@ def depthwise_conv2d(
     kernel : (kh, kw, C_in, M) array_like
         ``M``, the depth multiplier, at least 1.
     bias : (C_in * M,) array_like, optional
-    strides, padding, padding_mode, dilation_rate, activation, data_format, out, device
+    strides, padding, padding_mode, dilation_rate, activation, data_format, out, allocator, device
         As for :func:`conv2d`.
 
     Returns
@@ -260,19 +282,22 @@ def depthwise_conv2d(
         activation=activation,
         channels_first=is_channels_first(data_format),
     )
-    return _run_into(prepared, device, prepared.geometry.output_shape, out)
+    return _run_into(prepared, device, prepared.geometry.output_shape, out, allocator)
 
 
-def _run_into(prepared, device, shape, out):
+def _run_into(prepared, device, shape, out, allocator=None):
     """Run, in ``out`` when given, and give the result the caller's ``shape``.
 
     The kernels write the geometry's ``output_shape`` in the caller's
     layout; ``shape`` is the same memory as the caller sees it (a 1-D
     call's 3-D shape, or the bare map of the shorthands, which take host
     arrays only).  ``out`` is checked before any OpenCL call and written by
-    the kernel itself.
+    the kernel itself; so is a device result from ``allocator``.
     """
     check_out(out, prepared, shape)
+    if check_allocator(allocator, prepared, out) is not None:
+        queue = runtime_for(prepared, device).queue  # x's, once device is checked
+        out = cl_array.empty(queue, shape, prepared.dtype, allocator=allocator)
     run_shape = prepared.geometry.output_shape if prepared.squeeze else shape
     direct = out if out is None or is_device_array(out) else out.reshape(run_shape)
     result = run(CONV2D, prepared, device, run_shape, out=direct)

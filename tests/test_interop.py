@@ -9,7 +9,7 @@ import scipy.special
 from helpers import assert_matches_reference, skip_without_fp64
 
 import clatrous
-from clatrous import execute
+from clatrous import execute, reference
 
 
 @pytest.fixture
@@ -197,3 +197,61 @@ def test_an_aligned_out_is_what_a_cpu_device_writes_in_place():
     assert out.ctypes.data % staging.ALIGN == 0 and out.flags.c_contiguous and out.flags.writeable
     assert clatrous.conv2d(x, K, dilation_rate=2, out=out) is out
     assert_matches_reference(out, x, K, dilation_rate=2)
+
+
+# ---------------------------------------------------------------- allocator=
+
+
+def test_device_results_come_from_the_callers_pool_and_reuse_dropped_buffers():
+    import gc
+
+    import pyopencl.array as cl_array
+    import pyopencl.tools as cl_tools
+
+    from clatrous import runtime
+
+    queue = runtime.get_runtime().queue
+    pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(queue))
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 20, 24, 2)).astype(np.float32)
+    x_dev = cl_array.to_device(queue, x)
+    calls = [
+        (clatrous.conv2d, reference.conv2d, K, {"padding": "same", "dilation_rate": 2}),
+        (clatrous.depthwise_conv2d, reference.depthwise_conv2d, np.ones((3, 3, 2, 2)), {"dilation_rate": 3}),
+        (clatrous.conv2d, reference.conv2d, K[:, :, :1, :2], {"groups": 2, "padding": "same"}),
+    ]
+    for fn, ref, kernel, kwargs in calls:
+        first = fn(x_dev, kernel, allocator=pool, **kwargs)
+        assert isinstance(first.base_data, cl_tools.PooledBuffer) and first.queue is queue
+        np.testing.assert_allclose(first.get(), ref(x, kernel, **kwargs), rtol=1e-5, atol=1e-5)
+        held = pool.held_blocks
+        del first
+        gc.collect()
+        assert pool.held_blocks == held + 1  # the dropped result's buffer, back in the pool
+        # The next result takes it, and the kernel writes all of it (poisoned first).
+        again = fn(x_dev, kernel, allocator=pool, **kwargs)
+        assert pool.held_blocks == held
+        np.testing.assert_allclose(again.get(), ref(x, kernel, **kwargs), rtol=1e-5, atol=1e-5)
+        del again
+        gc.collect()
+    nchw = cl_array.to_device(queue, np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    got = clatrous.conv2d(nchw, K, data_format="channels_first", allocator=pool)
+    assert isinstance(got.base_data, cl_tools.PooledBuffer)
+    expected = np.moveaxis(reference.conv2d(x, K), -1, 1)
+    np.testing.assert_allclose(got.get(), expected, rtol=1e-5, atol=1e-5)
+    signal = rng.standard_normal((2, 30, 2)).astype(np.float32)
+    got = clatrous.conv1d(
+        cl_array.to_device(queue, signal), K[0], padding="causal", dilation_rate=4, allocator=pool
+    )
+    assert isinstance(got.base_data, cl_tools.PooledBuffer)
+    expected = reference.conv1d(signal, K[0], padding="causal", dilation_rate=4)
+    np.testing.assert_allclose(got.get(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_allocator_is_refused_before_opencl(no_opencl):
+    with pytest.raises(TypeError, match="allocator must be callable"):
+        clatrous.conv2d(X, K, allocator=3)
+    with pytest.raises(ValueError, match="allocator is for device results"):
+        clatrous.conv2d(X, K, allocator=lambda nbytes: None)
+    with pytest.raises(ValueError, match="allocator is for device results"):
+        clatrous.depthwise_conv2d(X, np.ones((3, 3, 2, 1)), allocator=lambda nbytes: None)
