@@ -548,7 +548,7 @@ def clblast(wl, rt):
 PEERS = {
     "clatrous": clatrous_host,
     "clatrous (device arrays)": clatrous_device,
-    "clatrous (device arrays, pool)": clatrous_pooled,
+    "clatrous (pooled device arrays)": clatrous_pooled,
     "clatrous (zeros border)": clatrous_zeros,
     "clatrous (results kept)": clatrous_kept,
     "clatrous (out=)": clatrous_out,
