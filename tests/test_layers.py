@@ -285,3 +285,32 @@ class TestASPPLayer:
         layer = clatrous.ASPP(4, rates=(2,))
         layer.warmup((1, 6, 7, 3))
         assert layer(np.ones((0, 6, 7, 3), np.float32)).shape == (0, 6, 7, 4)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_a_separable_layer_keeps_its_device_arrays_call_after_call(data_format, monkeypatch):
+    # A host x goes through both steps in device arrays from the runtime's
+    # workspace: after the first call, no new buffer for x or the depthwise
+    # result (a new 8.9 MB buffer cost D2 more than its kernel on Intel's runtime).
+    from clatrous import reference, staging
+
+    rng = np.random.default_rng(12)
+    layer = clatrous.SeparableConv2D(8, 3, padding="same", dilation_rate=2, data_format=data_format)
+    layer.build((1, 40, 40, 16) if data_format == "channels_last" else (1, 16, 40, 40))
+    kernels = layer.get_weights()
+    made = []
+    real = staging.device_empty
+    monkeypatch.setattr(staging, "device_empty", lambda *a, **k: made.append(a[1]) or real(*a, **k))
+    for call in range(3):
+        x = rng.standard_normal((1, 40, 40, 16)).astype(np.float32)
+        given = x.copy() if data_format == "channels_last" else np.ascontiguousarray(np.moveaxis(x, -1, 1))
+        out = layer(given)
+        given[...] = np.nan  # the caller's to change once the call has returned
+        middle = reference.depthwise_conv2d(x, kernels[0], padding="same", dilation_rate=2)
+        expected = reference.conv2d(middle, kernels[1], kernels[2])
+        if data_format == "channels_first":
+            expected = np.moveaxis(expected, -1, 1)
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+        if call == 0:
+            first = list(made)
+    assert made == first, f"calls after the first made new device arrays: {made[len(first) :]}"
