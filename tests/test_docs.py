@@ -48,3 +48,23 @@ def test_the_package_is_marked_typed():
     from importlib.resources import files
 
     assert files("clatrous").joinpath("py.typed").is_file()
+
+
+def test_the_readme_layout_names_every_source_file():
+    # Issue 10: "the README's layout section matches the tree".
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"[\w.]+\.(?:py|cl|h|sh|md)\b", layout))
+    files = [
+        *(p.name for p in (root / "clatrous").glob("*.py") if p.name != "__init__.py"),
+        *(p.name for p in (root / "kernels").iterdir() if p.suffix in (".cl", ".h")),
+        *(p.name for p in (root / "benchmarks").iterdir() if p.suffix in (".py", ".sh", ".md")),
+    ]
+    missing = sorted(name for name in files if name not in named)
+    assert not missing, f"README's layout section does not name {missing}"
+    gone = sorted(name for name in named if name.endswith((".cl", ".h")) and name not in files)
+    assert not gone, f"README's layout section names kernels that are not there: {gone}"
