@@ -26,7 +26,16 @@ from .errors import UnsupportedDeviceError
 from .runtime import Runtime, live_runtimes
 from .variants import Operation, Plan, make_plan
 
-__all__ = ["MAX_LAUNCHES", "SMALL_RESULT_BYTES", "Launch", "cached_launch", "forget_launches", "get_launch"]
+__all__ = [
+    "MAX_LAUNCHES",
+    "POCL_GROUP_MOST",
+    "SMALL_RESULT_BYTES",
+    "Launch",
+    "cached_launch",
+    "driver_group",
+    "forget_launches",
+    "get_launch",
+]
 
 #: Launches kept per queue, least recently used first out.
 MAX_LAUNCHES = 256
@@ -35,12 +44,40 @@ MAX_LAUNCHES = 256
 SMALL_RESULT_BYTES = 64 * 1024
 
 _INT_MAX = 2**31 - 1
+#: On PoCL, a launch whose variant leaves the work-group to the driver gets
+#: one chosen here, of at most this many work-items (exact divisors of the
+#: NDRange, which is unchanged).  PoCL 3.1 crashed (SIGSEGV in its worker
+#: threads, the whole process gone) running some kernels in groups it chose
+#: itself: blocked {VW 4, NV 4, PX 6} from 31 output rows and columns with
+#: 256 output channels, in its 8 x 6 x 33 group, and the plane kernel with
+#: 256 accumulators on W4's shape (why its search space stops at 128).
+#: Given explicitly, groups of
+#: every size tried ran them (16 x 6 x 33 too), and every blocked candidate
+#: on W3's shape; 256 measured as fast as PoCL's own choice on W5, W6, D1
+#: and a channels-first layer, where 64 slowed W5 by half.
+POCL_GROUP_MOST = 256
+
+
+def _largest_divisor(n: int, most: int) -> int:
+    return next(d for d in range(max(1, min(n, most)), 0, -1) if n % d == 0)
+
+
+def driver_group(info, global_size: tuple[int, ...], local_size: tuple[int, ...] | None):
+    """The work-group a launch asks for: the plan's, or on PoCL a bounded one where the plan leaves it."""
+    if local_size is not None or info.compiler != "pocl":
+        return local_size
+    group, room = [], POCL_GROUP_MOST
+    for count in global_size:
+        size = _largest_divisor(count, room)
+        group.append(size)
+        room //= size
+    return tuple(group)
 
 
 class Launch:
     """A plan with its own kernel object, whose scalar arguments are set once."""
 
-    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like", "kept")
+    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like", "kept", "local_size")
 
     def __init__(self, runtime: Runtime, plan: Plan):
         self.plan = plan
@@ -59,6 +96,7 @@ class Launch:
         for index in range(len(plan.offsets)):
             kernel.set_arg(first + len(plan.scalars) + index, np.int32(0))
         self.kernel = kernel
+        self.local_size = driver_group(runtime.info, plan.global_size, plan.local_size)
         self.lock = threading.Lock()
         self.result_like = None
         # Small host weights' device copies, by role (see clatrous.staging.weight_buffer).
@@ -96,7 +134,7 @@ class Launch:
             for index, buf in enumerate(buffers):
                 kernel.set_arg(index, buf)
             return cl.enqueue_nd_range_kernel(
-                queue, kernel, plan.global_size, plan.local_size, wait_for=wait_for or None
+                queue, kernel, plan.global_size, self.local_size, wait_for=wait_for or None
             )
 
 

@@ -216,3 +216,32 @@ def test_channels_first_through_the_transposes_names_a_device_out_of_memory(monk
         pytest.raises(DeviceMemoryError, match="x \\(1, 4, 6, 7\\)"),
     ):
         clatrous.conv2d(x, np.ones((3, 3, 4, 2), np.float32), data_format="channels_first")
+
+
+def test_a_configuration_that_crashed_pocl_in_a_group_of_its_choosing_runs():
+    # Found by the tuner (a SIGSEGV in PoCL's worker threads, the whole
+    # process gone): blocked {VW 4, NV 4, PX 6} on 33x33 with 256 output
+    # channels, in the 8 x 6 x 33 work-group PoCL chose itself. Given a group
+    # explicitly (launch.driver_group), PoCL runs it.
+    if on_oclgrind():
+        pytest.skip("160 M multiply-adds: too slow on the simulator")
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((1, 33, 33, 64)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 64, 256)).astype(np.float32)
+    with params.forced("blocked", {"VW": 4, "NV": 4, "PX": 6}):
+        out = clatrous.conv2d(x, kernel, padding="same", dilation_rate=6)
+    assert_matches_reference(out, x, kernel, padding="same", dilation_rate=6)
+
+
+def test_the_group_a_launch_asks_pocl_for_is_bounded_and_divides_the_ndrange():
+    import dataclasses
+
+    info = runtime.get_runtime().info
+    pocl, other = dataclasses.replace(info, compiler="pocl"), dataclasses.replace(info, compiler="intel")
+    assert launch.driver_group(other, (16, 6, 33), None) is None  # the driver chooses
+    assert launch.driver_group(pocl, (16, 6, 33), (1, 1, 1)) == (1, 1, 1)  # the plan's own
+    for size in [(16, 6, 33), (1, 4000, 4), (128, 512, 1), (7, 13, 1), (1, 1, 1)]:
+        group = launch.driver_group(pocl, size, None)
+        assert all(count % g == 0 for count, g in zip(size, group, strict=True)), (size, group)
+        assert np.prod(group) <= launch.POCL_GROUP_MOST, (size, group)
+    assert launch.driver_group(pocl, (128, 512, 1), None) == (128, 2, 1)
