@@ -51,10 +51,10 @@ _INT_MAX = 2**31 - 1
 #: itself: blocked {VW 4, NV 4, PX 6} from 31 output rows and columns with
 #: 256 output channels, in its 8 x 6 x 33 group, and the plane kernel with
 #: 256 accumulators on W4's shape (why its search space stops at 128).
-#: Given explicitly, groups of
-#: every size tried ran them (16 x 6 x 33 too), and every blocked candidate
-#: on W3's shape; 256 measured as fast as PoCL's own choice on W5, W6, D1
-#: and a channels-first layer, where 64 slowed W5 by half.
+#: Given explicitly, groups of every size tried ran them (16 x 6 x 33 too),
+#: and every blocked candidate on W3's shape; 256 measured as fast as PoCL's
+#: own choice on W5, W6, D1 and a channels-first layer, where 64 slowed W5
+#: by half.
 POCL_GROUP_MOST = 256
 
 
