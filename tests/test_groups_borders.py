@@ -257,7 +257,6 @@ def test_depthwise_layer_loads_keras_weights_as_they_are():
     np.testing.assert_array_equal(again(x), out)
 
 
-@pytest.mark.oclgrind_reuse_false_positive
 def test_separable_layer_is_depthwise_then_pointwise_with_keras_weights():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 11, 10, 3)).astype(np.float32)
@@ -353,7 +352,6 @@ def test_layers_refuse_weights_of_the_wrong_layout(no_opencl):
     assert not depthwise.built
 
 
-@pytest.mark.oclgrind_reuse_false_positive
 def test_separable_layer_on_a_device_given_as_a_device_not_a_queue(cl_device):
     # Found in review: the host path moved x to the device's queue, then
     # passed device= again with it, which a device-array call refuses.
