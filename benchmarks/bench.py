@@ -188,7 +188,8 @@ def _function(wl, lib):
 def _clatrous_call(wl, lib, device=None, **layout):
     """``call(x)`` computing the workload with the clatrous package ``lib`` (weights bound).
 
-    ``layout`` is empty, or ``data_format="channels_first"`` for x in (N, C, H, W).
+    ``layout`` is empty, or more keywords of the call: ``data_format="channels_first"``
+    for x in (N, C, H, W), ``allocator=`` for device results from a pool.
     """
     a = wl.arrays
     if wl.kind == "separable":
@@ -211,8 +212,9 @@ def clatrous_host(wl, rt):
     return lambda: call(wl.arrays["x"])
 
 
-def clatrous_device(wl, rt):
-    call = _clatrous_call(wl, clatrous)
+def clatrous_device(wl, rt, **extra):
+    """The device-array loop; ``extra`` keywords go to each call (``allocator=``)."""
+    call = _clatrous_call(wl, clatrous, **extra)
     x = cl_array.to_device(rt.queue, wl.arrays["x"])
     # The weights on the device too (a separable layer holds its own).
     names = () if wl.kind == "separable" else ("k", "b")
@@ -232,16 +234,7 @@ def clatrous_pooled(wl, rt):
         return None
     import pyopencl.tools as cl_tools
 
-    pool = cl_tools.MemoryPool(cl_tools.ImmediateAllocator(rt.queue))
-    fn = _function(wl, clatrous)
-    x, k, b = (cl_array.to_device(rt.queue, wl.arrays[n]) for n in ("x", "k", "b"))
-
-    def run():
-        out = fn(x, k, b, allocator=pool, **wl.kwargs)
-        rt.queue.finish()
-        return out
-
-    return run
+    return clatrous_device(wl, rt, allocator=cl_tools.MemoryPool(cl_tools.ImmediateAllocator(rt.queue)))
 
 
 def clatrous_zeros(wl, rt):

@@ -55,7 +55,7 @@ def check_device(runtime: Runtime, prepared: Prepared) -> None:
             "cl_khr_fp64; pass float32 data or choose another device"
         )
     for name, value in (("x", prepared.x), ("kernel", prepared.kernel), ("bias", prepared.bias)):
-        if value is None or type(value) is np.ndarray or not is_device_array(value):
+        if not is_device_array(value):
             continue
         if value.dtype != prepared.dtype:
             raise TypeError(f"{name} on the device must have dtype {prepared.dtype}, got {value.dtype}")
