@@ -77,7 +77,7 @@ def driver_group(info, global_size: tuple[int, ...], local_size: tuple[int, ...]
 class Launch:
     """A plan with its own kernel object, whose scalar arguments are set once."""
 
-    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like", "kept", "local_size")
+    __slots__ = ("plan", "kernel", "lock", "offsets", "result_like", "kept", "local_size", "scratch", "last")
 
     def __init__(self, runtime: Runtime, plan: Plan):
         self.plan = plan
@@ -101,6 +101,12 @@ class Launch:
         self.result_like = None
         # Small host weights' device copies, by role (see clatrous.staging.weight_buffer).
         self.kept: dict[str, tuple[bytes, cl.Buffer]] = {}
+        # The variant's scratch buffer, the last argument of its buffers: one
+        # launch at a time uses it, each after the one before (``last``).
+        self.scratch = None
+        if plan.scratch_bytes:
+            self.scratch = cl.Buffer(runtime.context, cl.mem_flags.READ_WRITE, plan.scratch_bytes)
+        self.last: cl.Event | None = None
 
     def small_result(self, queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype):
         """A new device Array for a result up to :data:`SMALL_RESULT_BYTES`; None for a larger one.
@@ -133,9 +139,17 @@ class Launch:
                         self.offsets[index] = offset
             for index, buf in enumerate(buffers):
                 kernel.set_arg(index, buf)
-            return cl.enqueue_nd_range_kernel(
+            if self.scratch is None:
+                return cl.enqueue_nd_range_kernel(
+                    queue, kernel, plan.global_size, self.local_size, wait_for=wait_for or None
+                )
+            kernel.set_arg(len(buffers), self.scratch)
+            if self.last is not None:
+                wait_for = [*(wait_for or ()), self.last]
+            self.last = cl.enqueue_nd_range_kernel(
                 queue, kernel, plan.global_size, self.local_size, wait_for=wait_for or None
             )
+            return self.last
 
 
 def forget_launches(runtime: Runtime | None = None) -> None:

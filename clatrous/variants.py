@@ -51,6 +51,8 @@ __all__ = [
     "PLANE",
     "TILED",
     "TILED_LOCAL_BYTES",
+    "WINOGRAD",
+    "WINOGRAD_MOST_TILES",
     "Operation",
     "Plan",
     "Variant",
@@ -61,6 +63,8 @@ __all__ = [
     "tiled_spans",
     "transpose_plan",
     "variant_names",
+    "winograd_span",
+    "winograd_tiles",
 ]
 
 Config = Mapping[str, int]
@@ -90,6 +94,7 @@ class Plan:
     buffers: tuple[str, ...]
     scalars: tuple[np.int32, ...]
     offsets: tuple[str, ...]
+    scratch_bytes: int = 0
 
     @property
     def arg_count(self) -> int:
@@ -139,6 +144,10 @@ class Variant:
     buffers, offsets
         The kernel's buffer arguments, and those whose element offset follows
         the scalars.
+    scratch
+        ``f(g, config, dtype)``: bytes of a device buffer the kernel takes as
+        its buffer argument ``"scratch"`` (its work-items' own memory), which
+        each launch owns (:class:`clatrous.launch.Launch`); 0 for none.
     channels_first
         Whether the kernel reads and writes channels-first data; the others
         index channels-last data only.
@@ -157,6 +166,7 @@ class Variant:
     narrow: Callable[[ConvGeometry, np.dtype], dict | None] = lambda g, dtype: {}
     worth: Callable[[ConvGeometry, Config], bool] = _always
     local_bytes: Callable[[ConvGeometry, Config, np.dtype], int] = _no_local
+    scratch: Callable[[ConvGeometry, Config, np.dtype], int] = _no_local
     buffers: tuple[str, ...] = ("x", "w", "bias", "y")
     offsets: tuple[str, ...] = ("x",)
     channels_first: bool = False
@@ -304,6 +314,7 @@ def make_plan(
         buffers=variant.buffers,
         scalars=tuple(np.int32(v) for v in variant.scalars(g, config)),
         offsets=variant.offsets,
+        scratch_bytes=variant.scratch(g, config, dtype),
     )
 
 
@@ -720,8 +731,120 @@ LOCAL = _LocalVariant(
     ndrange=_local_ndrange,
 )
 
+# ---------------------------------------------------------------- winograd, on the dilation's phases
+
+
+def winograd_tiles(count: int, rate: int, m: int) -> int:
+    """Tiles of ``m`` outputs ``rate`` apart along an output axis of ``count`` (conv2d_winograd.cl).
+
+    Runs of ``m * rate`` outputs hold ``rate`` tiles each, one per phase; the
+    last run holds only the phases that start inside the axis.
+    """
+    runs = _ceil_div(count, m * rate)
+    return (runs - 1) * rate + min(rate, count - (runs - 1) * m * rate)
+
+
+def _winograd_grid(g: ConvGeometry, c: Config) -> tuple[int, int, int]:
+    """(TY, TX, TILES): tile rows and columns of an image, and tiles of the batch."""
+    ty, tx = winograd_tiles(g.ho, g.dh, c["M"]), winograd_tiles(g.wo, g.dw, c["M"])
+    return ty, tx, g.n * ty * tx
+
+
+#: The most tiles a Winograd job covers: its partial sums stay within a core's L2 on W3.
+WINOGRAD_MOST_TILES = 72
+
+
+def winograd_span(g: ConvGeometry, m: int, tb: int, parts: int) -> int:
+    """NT: the batch's tiles of ``m`` outputs in about ``parts`` runs, whole register blocks, at most 72."""
+    tiles = _winograd_grid(g, {"M": m})[2]
+    return min(WINOGRAD_MOST_TILES, _round_up(_ceil_div(tiles, parts), tb))
+
+
+def _winograd_work_items(g: ConvGeometry, c: Config) -> int:
+    """Work-items of a launch: one a job (channel block by tile run), at most WI."""
+    jobs = _ceil_div(g.cout, c["VW"] * c["NV"] * c["NS"]) * _ceil_div(_winograd_grid(g, c)[2], c["NT"])
+    return min(jobs, c["WI"])
+
+
+def _winograd_scratch(g: ConvGeometry, c: Config, dtype: np.dtype) -> int:
+    """Bytes of scratch: each work-item's partial sums and slices of transformed input and weights."""
+    alpha2 = (c["M"] + 2) ** 2
+    channels = c["VW"] * c["NV"] * c["NS"]
+    each = alpha2 * (c["NT"] * channels + c["NT"] * c["CT"] + c["CT"] * channels)
+    return _winograd_work_items(g, c) * each * np.dtype(dtype).itemsize
+
+
+def _winograd_computes(g: ConvGeometry) -> bool:
+    return g.groups == 1 and g.kh == 3 and g.kw == 3 and g.sh == 1 and g.sw == 1
+
+
+class _WinogradVariant(Variant):
+    """The Winograd variant's candidates: a few shapes of job per tile size, not the whole space."""
+
+    def candidates(self, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
+        if not _winograd_computes(g) or g.cin < 8:
+            return []
+        vw = next((v for v in (16, 8, 4) if g.cout % v == 0), None)
+        if vw is None:
+            return []
+        out = []
+        for m in (2, 3, 4):
+            for nv in (1, 2, 4):
+                # One block of channels a job, or as many as cover them all (at most 256).
+                for ns in sorted({1, max(1, min(16, 256 // (vw * nv), _ceil_div(g.cout, vw * nv)))}):
+                    for tb in (4, 6):
+                        for nt in sorted({winograd_span(g, m, tb, parts) for parts in (1, 2, 4, 8, 16)}):
+                            for ct in (32, 64):
+                                config = {"M": m, "VW": vw, "NV": nv, "NS": ns, "NT": nt, "TB": tb, "CT": ct}
+                                if self.valid(config) and self.computes(g, config) and self.worth(g, config):
+                                    out.append(config)
+        return out
+
+
+WINOGRAD = _WinogradVariant(
+    name="winograd",
+    source="conv2d_winograd.cl",
+    kernel="conv2d_winograd",
+    parameters={
+        "M": (2, 3, 4),
+        "VW": _VW,
+        "NV": (1, 2, 4),
+        "NS": (1, 2, 4, 8, 16),
+        "NT": range(1, 4097),
+        "TB": (1, 2, 4, 6, 8),
+        "CT": (4, 8, 16, 32, 64, 128),
+        "WI": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+    },
+    # At most 16 work-items: each owns its scratch (1-2 MB at the defaults).
+    defaults={"NS": 1, "WI": 16},
+    constraints=(
+        _channel_block_fits,
+        lambda c: c["NT"] % c["TB"] == 0 and c["CT"] % c["VW"] == 0,
+        lambda c: c["TB"] * c["NV"] <= 32,  # the register block
+    ),
+    applies=lambda g, c: _winograd_computes(g) and g.cout % c["VW"] == 0,
+    worth=lambda g, c: (
+        _cout_fits(g, c)
+        and (c["NS"] == 1 or (c["NS"] // 2) * c["VW"] * c["NV"] < g.cout)
+        and c["NT"] <= _round_up(_winograd_grid(g, c)[2], c["TB"])
+    ),
+    scratch=_winograd_scratch,
+    buffers=("x", "w", "bias", "y", "scratch"),
+    options=lambda g, c: [f"-D{k}={c[k]}" for k in ("M", "VW", "NV", "NS", "NT", "TB", "CT")],
+    scalars=lambda g, c: (
+        *_sizes(g),
+        g.dh,
+        g.dw,
+        g.pad_top,
+        g.pad_left,
+        *_winograd_grid(g, c),
+    ),
+    # One work-item per work-group, as the tiled variant, for the same reasons.
+    ndrange=lambda g, c: ((_winograd_work_items(g, c),), (1,)),
+)
+
 #: The variants of the (dense or grouped) convolution, in the order the tuner walks them.
-CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE, DEPTHWISE_LOCAL, LOCAL)
+CONV2D_VARIANTS = (DIRECT, BLOCKED, TILED, PLANE, DEPTHWISE, DEPTHWISE_LOCAL, LOCAL, WINOGRAD)
 
 
 # ---------------------------------------------------------------- aspp (several branches, one launch)

@@ -245,3 +245,39 @@ def test_the_group_a_launch_asks_pocl_for_is_bounded_and_divides_the_ndrange():
         assert all(count % g == 0 for count, g in zip(size, group, strict=True)), (size, group)
         assert np.prod(group) <= launch.POCL_GROUP_MOST, (size, group)
     assert launch.driver_group(pocl, (128, 512, 1), None) == (128, 2, 1)
+
+
+def test_winograd_launches_take_turns_on_their_scratch(monkeypatch):
+    # Every call of one Winograd configuration on one shape runs the same
+    # cached launch, whose work-items keep their partial sums in the
+    # launch's scratch buffer: each launch must wait for the one before (an
+    # out-of-order queue may otherwise run them at once), and must not
+    # count on finding the scratch as anything but the last one left it.
+    # (PoCL and Intel's runtime here run an out-of-order queue's kernels one
+    # at a time, so the waits are checked as enqueued.)
+    rt = runtime.get_runtime()
+    enqueued = []
+    real = launch.cl.enqueue_nd_range_kernel
+
+    def spy(queue, kernel, global_size, local_size, wait_for=None, **kwargs):
+        event = real(queue, kernel, global_size, local_size, wait_for=wait_for, **kwargs)
+        enqueued.append((list(wait_for or ()), event))
+        return event
+
+    monkeypatch.setattr(launch.cl, "enqueue_nd_range_kernel", spy)
+    rng = np.random.default_rng(41)
+    n, h, w, cin, cout = (1, 9, 10, 12, 8) if on_oclgrind() else (2, 24, 24, 48, 32)
+    xs = [rng.standard_normal((n, h, w, cin)).astype(np.float32) for _ in range(3 if on_oclgrind() else 6)]
+    k = rng.standard_normal((3, 3, cin, cout)).astype(np.float32)
+    config = {"M": 3, "VW": 8, "NV": 2, "NS": 2, "NT": 12, "TB": 6, "CT": 16, "WI": 2}
+    with params.forced("winograd", config):
+        outs = [
+            clatrous.conv2d(cl_array.to_device(rt.queue, x), k, padding="same", dilation_rate=2) for x in xs
+        ]
+    assert len(enqueued) == len(xs)
+    for (_, before), (waits, _) in zip(enqueued, enqueued[1:], strict=False):
+        assert any(e.int_ptr == before.int_ptr for e in waits), (
+            "a launch did not wait for the last user of its scratch"
+        )
+    for x, out in zip(xs, outs, strict=True):
+        assert_matches_reference(out.get(), x, k, padding="same", dilation_rate=2)

@@ -23,6 +23,16 @@ CHOICES = [
     ("tiled", {"VW": 8, "NV": 1, "PX": 4, "CT": 16, "NB": 2, "RW": 2}),
     ("local", {"VW": 4, "PX": 2, "PY": 2, "LC": 2, "LX": 2, "LY": 4, "CT": 8}),
 ]
+#: Winograd's variant: 3x3 kernels at stride 1 only (not in the thread test's 3x2 layers).
+#: On Oclgrind its uninitialised-value reports after other launches are set
+#: aside, as in its property test (tests/test_conv_properties.py says why).
+WINOGRAD_CHOICES = [
+    pytest.param(choice, marks=pytest.mark.oclgrind_reuse_false_positive)
+    for choice in (
+        ("winograd", {"M": 3, "VW": 8, "NV": 2, "NS": 1, "NT": 12, "TB": 6, "CT": 16}),
+        ("winograd", {"M": 4, "VW": 4, "NV": 2, "NS": 2, "NT": 8, "TB": 4, "CT": 8, "WI": 2}),
+    )
+]
 
 
 def test_concurrent_calls_are_right_and_build_each_program_once(monkeypatch):
@@ -76,7 +86,7 @@ def _variant_and_config(choice):
     return CONV2D.variant(choice[0]), choice[1]
 
 
-@pytest.mark.parametrize("choice", CHOICES + [None])
+@pytest.mark.parametrize("choice", CHOICES + WINOGRAD_CHOICES + [None])
 def test_same_input_same_bits(choice):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 11, 13, 40)).astype(np.float32)
@@ -90,6 +100,19 @@ def test_same_input_same_bits(choice):
             choice, clatrous.conv2d, x, k, b, padding="same", dilation_rate=2, activation="sigmoid"
         )
         assert again.tobytes() == first.tobytes()
+
+
+def _within_bound_where_finite(out, expected, x, k, activation=None, **geometry):
+    """The finite outputs within the reference's error bound (of x with its non-finite values as zeros).
+
+    Where an output is finite, no non-finite value is in its receptive field,
+    so zeros there leave its bound as it is.  The activations change an
+    error by at most their steepest slope (gelu's, 1.13).
+    """
+    finite = np.isfinite(expected)
+    bound = reference.error_bound(np.nan_to_num(x, nan=0, posinf=0, neginf=0), k, np.float32, **geometry)
+    error = np.abs(out[finite].astype(np.float64) - expected[finite])
+    assert np.all(error <= 1.2 * bound[finite]), f"max error {error.max():.3g}"
 
 
 def _rss_bytes() -> int:
@@ -125,7 +148,7 @@ def test_thousands_of_calls_leave_memory_flat():
     assert _rss_bytes() - rss < 16 * 2**20, f"grew by {(_rss_bytes() - rss) / 2**20:.1f} MiB"
 
 
-@pytest.mark.parametrize("choice", CHOICES + [("plane", {"VW": 8, "RB": 4})])
+@pytest.mark.parametrize("choice", CHOICES + WINOGRAD_CHOICES + [("plane", {"VW": 8, "RB": 4})])
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid", "tanh", "gelu", "silu", "softplus"])
 def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     rng = np.random.default_rng(4)
@@ -141,8 +164,7 @@ def test_nan_and_inf_reach_exactly_their_receptive_field(choice, activation):
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
     assert np.isnan(out).any()  # the case really has non-finite outputs
-    finite = np.isfinite(expected)
-    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+    _within_bound_where_finite(out, expected, x, k, **kwargs)
 
 
 def test_the_plane_kernels_largest_configurations_run_on_a_large_channels_first_layer():
@@ -384,7 +406,9 @@ def test_fuzz_layer(filters, kernel_size, x, use_bias, activation, padding):
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
-@pytest.mark.parametrize("choice", CHOICES + [("plane", {"VW": 8, "RB": 4}), ("plane", {"VW": 4, "RB": 1})])
+@pytest.mark.parametrize(
+    "choice", CHOICES + WINOGRAD_CHOICES + [("plane", {"VW": 8, "RB": 4}), ("plane", {"VW": 4, "RB": 1})]
+)
 def test_inf_and_nan_weights_next_to_the_padding_follow_one_rule(choice, split):
     # Found by the adversarial pass: with an Inf weight, the reference gave
     # NaN where it met a padded zero (0 * Inf) and the variants disagreed
@@ -409,7 +433,7 @@ def test_inf_and_nan_weights_next_to_the_padding_follow_one_rule(choice, split):
         runtime.settings.max_alloc_bytes = None
     for test in (np.isnan, np.isposinf, np.isneginf):
         np.testing.assert_array_equal(test(out), test(expected), err_msg=test.__name__)
-    np.testing.assert_allclose(out[finite], expected[finite], rtol=1e-4, atol=1e-4)
+    _within_bound_where_finite(out, expected, x, k, **kwargs)
 
 
 @pytest.mark.parametrize(
