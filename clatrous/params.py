@@ -163,8 +163,14 @@ def _planar_defaults(info: DeviceInfo, g: ConvGeometry, itemsize: int) -> dict:
     return {"VW": vw, "RB": rb, "CB": cb}  # at most 16 x 8 accumulator elements: the space's limit
 
 
-def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple[str, dict]:
-    """The dense convolution's table of defaults: (variant, configuration) for a device and shape."""
+def conv2d_defaults(
+    info: DeviceInfo, g: ConvGeometry, dtype: np.dtype, winograd: bool = True
+) -> tuple[str, dict]:
+    """The dense convolution's table of defaults: (variant, configuration) for a device and shape.
+
+    ``winograd=False`` leaves the Winograd variant out (a problem split into
+    bands of rows: see :func:`clatrous.execute.run`).
+    """
     from .variants import TILED  # the one variant whose default depends on its own space
 
     itemsize = np.dtype(dtype).itemsize
@@ -196,6 +202,10 @@ def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple
     # DeepLab's separable ASPP branch: 10.3 against 4.4 ms; 3x3 256->256:
     # 47 against 15 ms); from 128 KiB with more than one tap the tiled one is
     # 8-10% faster (W4), while with 1x1 it is 7-9% slower there.
+    if winograd and info.kind == "cpu" and vw >= 8:
+        fast = _winograd_default(info, g, vw, nv, dtype)
+        if fast is not None:
+            return "winograd", fast
     weights = g.kh * g.kw * g.cin * vw * nv * itemsize
     many_taps = g.kh * g.kw > 1 and weights >= _TILED_TAPS_BYTES
     if (weights >= _TILED_BYTES or many_taps) and vw >= 8 and g.cin >= 64:
@@ -203,6 +213,59 @@ def conv2d_defaults(info: DeviceInfo, g: ConvGeometry, dtype: np.dtype) -> tuple
         if tiled is not None:
             return "tiled", tiled
     return "blocked", {"VW": vw, "NV": nv, "PX": 4 if nv * vw >= 64 else 6}
+
+
+#: Winograd's multiplications must be this many times fewer than the direct
+#: kernels' (the taps that read the image) for its default, and the layer
+#: must have this many input channels: the transforms cost the rest.
+#: Measured on PoCL and Intel's runtime (RESULTS.md, Run AB): at 2.1x fewer
+#: (W3-d6, F(3x3)) 1.4-1.6x faster than the channel-tiled kernel, at 1.56x
+#: (rate 12) 1.28x, at 2.95x (65x65x256, rate 2) 1.8x; on W4 (64 channels,
+#: 3.7x fewer) only 1.17x; at rate 18 on 33x33 it needs more (0.77x) and lost.
+WINOGRAD_GAIN = 1.4
+WINOGRAD_MIN_CIN = 64
+
+
+def _ceil(value: int, divisor: int) -> int:
+    return -(-value // divisor)
+
+
+def _direct_taps(size: int, k: int, d: int, pad: int, out: int) -> int:
+    """Taps along an axis that read the image (not the zero padding), summed over its outputs."""
+    return sum(1 for o in range(out) for t in range(k) if 0 <= o - pad + t * d < size)
+
+
+def _winograd_default(info: DeviceInfo, g: ConvGeometry, vw: int, nv: int, dtype: np.dtype) -> dict | None:
+    """F(M x M, 3 x 3), M 2 or 3 (4 only tuned), where its multiplications are far fewer than direct taps.
+
+    One job covers up to 256 output channels (NS blocks of VW*NV), so the
+    input is transformed once for them, and as many tiles as spread the jobs
+    over the compute units, at most 72 (fewer jobs read the weights fewer
+    times).
+    """
+    from .variants import WINOGRAD, winograd_span, winograd_tiles
+
+    if not (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.groups == 1 and g.cin >= WINOGRAD_MIN_CIN):
+        return None
+    if g.border != "zeros":
+        direct = g.kh * g.kw * g.ho * g.wo
+    else:
+        direct = _direct_taps(g.h, 3, g.dh, g.pad_top, g.ho) * _direct_taps(g.w, 3, g.dw, g.pad_left, g.wo)
+
+    def tiles(m: int) -> int:
+        return winograd_tiles(g.ho, g.dh, m) * winograd_tiles(g.wo, g.dw, m)
+
+    m = min((2, 3), key=lambda m: (m + 2) ** 2 * tiles(m))
+    if direct < WINOGRAD_GAIN * (m + 2) ** 2 * tiles(m):
+        return None
+    # As many runs of tiles as compute units (a power of two, up to 16), at most 72 tiles each.
+    parts = next((p for p in (1, 2, 4, 8) if p >= info.compute_units), 16)
+    tb = 6
+    nt = winograd_span(g, m, tb, parts)
+    ns = max(1, min(256 // (vw * nv), _ceil(g.cout, vw * nv)))
+    ns = max(v for v in (1, 2, 4, 8, 16) if v <= ns)
+    config = {"M": m, "VW": vw, "NV": nv, "NS": ns, "NT": nt, "TB": tb, "CT": 64 if g.cin >= 64 else 32}
+    return config if WINOGRAD.valid(config) and WINOGRAD.computes(g, config) else None
 
 
 def _tiled_default(

@@ -138,7 +138,8 @@ def test_tiled_partial_sums_stay_bounded_on_long_rows():
 def test_local_memory_decides_what_a_device_can_run():
     info = runtime.get_runtime().info
     x = np.ones((1, 33, 33, 2048), np.float32)
-    g = geometry_of(x, np.ones((3, 3, 2048, 256), np.float32), padding="same", dilation_rate=6)
+    # Rate 18, where the defaults keep the channel-tiled kernel (not Winograd).
+    g = geometry_of(x, np.ones((3, 3, 2048, 256), np.float32), padding="same", dilation_rate=18)
     roomy = dataclasses.replace(info, kind="cpu", local_mem=1 << 20, compute_units=2)
     variant, config = _defaults(roomy, g)
     assert variant == "tiled" and params.fits(roomy, variants.TILED, config, np.float32, g)

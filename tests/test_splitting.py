@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from strategies import conv1d_problem, conv2d_problem
 
 import clatrous
-from clatrous import execute, reference, runtime, splitting
+from clatrous import execute, params, reference, runtime, splitting
 from clatrous.errors import DeviceMemoryError
 
 
@@ -115,6 +115,29 @@ def test_a_single_output_row_at_a_stride_is_split_by_rows(limits):
         assert [(p.axis, p.o0, p.o1) for p in _pieces(x, kernel, None, strides=2)] == [(1, 0, 1)]
         np.testing.assert_array_equal(clatrous.conv2d(x, kernel, strides=2), whole)
         limits()
+
+
+def test_a_layer_winograd_would_run_runs_the_direct_default_in_bands(limits):
+    # Winograd's tiles are laid from a piece's first output row, so a band
+    # would sum its rows otherwise than the whole image does: a problem
+    # split into bands runs the defaults without it, every band alike; a
+    # split by images keeps it (its tiles never cross an image).
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 40, 40, 64)).astype(np.float32)  # an image is 2.7 times the kernel
+    kernel = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    kwargs = dict(padding="same", dilation_rate=2)
+    info, g = runtime.get_runtime().info, geometry_of(x, kernel, **kwargs)
+    if params.conv2d_defaults(info, g, np.float32)[0] != "winograd":
+        pytest.skip("the defaults do not pick Winograd on this device")
+    whole = clatrous.conv2d(x, kernel, **kwargs)
+    with params.forced(*params.conv2d_defaults(info, g, np.float32, winograd=False)):
+        direct = clatrous.conv2d(x, kernel, **kwargs)
+    limits(max_alloc=x[0].nbytes + 100)  # one image a piece
+    assert [p.axis for p in _pieces(x, kernel, None, **kwargs)] == [0, 0]
+    np.testing.assert_array_equal(clatrous.conv2d(x, kernel, **kwargs), whole)
+    limits(max_alloc=x[0].nbytes // 2)  # bands of rows
+    assert all(p.axis == 1 for p in _pieces(x, kernel, None, **kwargs))
+    np.testing.assert_array_equal(clatrous.conv2d(x, kernel, **kwargs), direct)
 
 
 def test_what_cannot_fit_is_a_memory_error_naming_sizes(limits):
