@@ -98,12 +98,15 @@ def enqueue(
     wait_for=(),
     out: cl_array.Array | None = None,
     share: bool = False,
+    hold: list | None = None,
 ) -> tuple[cl_array.Array, cl.Event]:
     """Launch on device-resident output: (the result Array, the kernel's event).
 
     Host ``kernel`` and ``bias`` are copied (the call returns before the
-    kernel runs), or with ``share`` lent to a CPU device in place (only for
-    a caller that waits for the kernel before returning); the kernel waits
+    kernel runs), or with ``share`` lent to a CPU device in place: only for
+    a caller that waits for the kernel before returning, and keeps the
+    buffers appended to ``hold`` until then (one may be the only reference
+    to an aligned copy the kernel reads); the kernel waits
     for ``wait_for``, for every event pending on device inputs and on
     ``out`` (the caller's result Array, when given); the result carries the
     kernel's event.
@@ -112,6 +115,10 @@ def enqueue(
     x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=False)
     waits = [*wait_for, *waits]
     w_buf, b_buf, more = _weights(runtime, launch, prepared, share)
+    if share:
+        if hold is None:
+            raise ValueError("a call that lends its host weights must hold their buffers (hold=)")
+        hold += [w_buf, b_buf]
     waits += more
     if out is None:
         result = launch.small_result(queue, out_shape, dtype)
@@ -170,6 +177,7 @@ def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, 
     x_buf, x_offset, waits = staging.input_buffer(runtime, prepared.x, dtype, share=not on_device)
     into_last, out_of_last = (g.n, g.cin, g.h * g.w), (g.n, g.ho * g.wo, g.cout)
     pending: list[cl.Event] = []
+    held: list = []  # the lent weights' buffers, until the kernels are done
     workspace = staging.Workspace(runtime, last.input_shape, dtype)
     try:
         x_last, y_last = workspace.take(last.input_shape), workspace.take(last.output_shape)
@@ -180,7 +188,9 @@ def _through_channels_last(runtime: Runtime, op: Operation, prepared: Prepared, 
         moved = dataclasses.replace(prepared, x=x_last, geometry=last)
         launch = get_launch(runtime, op, moved)
         # A host call waits for its kernels: it may lend them the host weights.
-        _, event = enqueue(runtime, launch, moved, last.output_shape, out=y_last, share=not on_device)
+        _, event = enqueue(
+            runtime, launch, moved, last.output_shape, out=y_last, share=not on_device, hold=held
+        )
         pending.append(event)
         x_last.events.append(event)  # its reader: the next writer waits for it
         if on_device:

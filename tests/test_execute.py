@@ -281,3 +281,24 @@ def test_winograd_launches_take_turns_on_their_scratch(monkeypatch):
         )
     for x, out in zip(xs, outs, strict=True):
         assert_matches_reference(out.get(), x, k, padding="same", dilation_rate=2)
+
+
+def test_channels_first_through_the_transposes_holds_the_weights_it_lends():
+    # A host call through the channels-last kernels lends its weights to the
+    # kernel in place; weights that are not aligned are lent as an aligned
+    # copy, which only the buffer kept alive, and that buffer was dropped
+    # as soon as the kernel was enqueued: the kernel then read freed memory
+    # (every other call wrong, found by the benchmark's channels-first row).
+    rng = np.random.default_rng(43)
+    n, h, w, cin, cout = (1, 6, 7, 64, 64) if on_oclgrind() else (1, 20, 20, 64, 64)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    room = np.empty(3 * 3 * cin * cout + 1, np.float32)
+    kernel = room[1:].reshape(3, 3, cin, cout)  # 4 bytes past an aligned start, larger than 64 KiB
+    kernel[...] = rng.standard_normal(kernel.shape) / 24
+    assert kernel.nbytes > staging.SMALL_BYTES and kernel.ctypes.data % staging.ALIGN
+    kwargs = dict(padding="same", dilation_rate=2, data_format="channels_first")
+    g = geometry_of(x, kernel, padding="same", dilation_rate=2, channels_first=True)
+    assert not params.channels_first_in_place(runtime.get_runtime().info, g)  # through the transposes
+    expected = reference.conv2d(x, kernel, **kwargs)
+    for _ in range(2 if on_oclgrind() else 6):
+        np.testing.assert_allclose(clatrous.conv2d(x, kernel, **kwargs), expected, rtol=1e-4, atol=1e-4)
