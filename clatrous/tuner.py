@@ -127,7 +127,8 @@ def tune(
 
     if candidates is None:
         space = params.search_candidates(runtime.info, op, g, dtype)
-        first = op.defaults(runtime.info, g, dtype)
+        name, config = op.defaults(runtime.info, g, dtype)
+        first = (name, op.variant(name).complete(config))  # as the space lists it, every parameter set
         rest = [c for c in space if c != first]
         np.random.default_rng(0).shuffle(rest)
         candidates = [first, *rest] if first in space else rest

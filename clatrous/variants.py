@@ -354,21 +354,48 @@ def _cout_fits(g: ConvGeometry, c: Config) -> bool:
     return g.cout % c["VW"] == 0 and (c["NV"] == 1 or c["VW"] * c["NV"] <= g.cout)
 
 
+def _blocked_counts(g: ConvGeometry, c: Config) -> tuple[int, int, int]:
+    return _ceil_div(g.cout, c["VW"] * c["NV"]), _ceil_div(g.wo, c["PX"]), g.n * g.ho
+
+
+def _group_fits(g: ConvGeometry, c: Config) -> bool:
+    """A work-group no wider than the NDRange along either axis it spans."""
+    channels, pixels, _ = _blocked_counts(g, c)
+    return c["LC"] <= channels and c["LX"] <= pixels
+
+
+# The work-group: the driver's choice (LC = LX = 0), or LC channel blocks by
+# LX pixel blocks of one row.  Intel's runtime runs a group's work-items as
+# the lanes of its vectors (a GPU's warp), so the group's shape is the
+# tuner's to find there; the tuner tries the driver's choice and groups of
+# 4 or 16 along the pixels or 16 along the channels, and any valid pair can
+# be stored (the defaults: clatrous.params.conv2d_defaults).
 BLOCKED = Variant(
     name="blocked",
     source="conv2d_blocked.cl",
     kernel="conv2d_blocked",
-    parameters={"VW": _VW, "NV": (1, 2, 4), "PX": (1, 2, 4, 6, 8)},
-    constraints=(_channel_block_fits,),
+    parameters={
+        "VW": _VW,
+        "NV": (1, 2, 4),
+        "PX": (1, 2, 4, 6, 8),
+        "LC": (0, 1, 2, 4, 8, 16, 32, 64),
+        "LX": (0, 1, 2, 4, 8, 16, 32, 64),
+    },
+    defaults={"LC": 0, "LX": 0},
+    constraints=(
+        _channel_block_fits,
+        lambda c: (c["LC"] == 0) == (c["LX"] == 0) and c["LC"] * c["LX"] <= 64,
+    ),
     applies=lambda g, c: g.groups == 1 and g.cout % c["VW"] == 0,
-    narrow=lambda g, dtype: {"VW": [v for v in _VW if g.cout % v == 0]} if g.groups == 1 else None,
-    worth=_cout_fits,
+    narrow=lambda g, dtype: (
+        {"VW": [v for v in _VW if g.cout % v == 0], "LC": (0, 1, 16), "LX": (0, 1, 4, 16)}
+        if g.groups == 1
+        else None
+    ),
+    worth=lambda g, c: _cout_fits(g, c) and _group_fits(g, c) and (c["LC"], c["LX"]) != (1, 1),
     options=lambda g, c: [f"-DVW={c['VW']}", f"-DNV={c['NV']}", f"-DPX={c['PX']}", *_extent(g)],
     scalars=lambda g, c: (*_sizes(g), *_steps(g)),
-    ndrange=lambda g, c: (
-        (_ceil_div(g.cout, c["VW"] * c["NV"]), _ceil_div(g.wo, c["PX"]), g.n * g.ho),
-        None,
-    ),
+    ndrange=lambda g, c: (_blocked_counts(g, c), (c["LC"], c["LX"], 1) if c["LC"] else None),
 )
 
 

@@ -104,7 +104,7 @@ def test_default_table_picks_applicable_configurations():
         name, config = _defaults(info, g)
         variant = CONV2D.variant(name)
         assert variant.valid(config) and variant.computes(g, config)
-        assert config in variant.candidates(g, np.float32)
+        assert variant.complete(config) in [variant.complete(c) for c in variant.candidates(g, np.float32)]
     # Channels-first data: the plane kernel, whatever the channels and groups.
     for cin, cout, groups, k in [(3, 8, 1, 3), (64, 64, 1, 3), (6, 6, 6, 3), (4, 12, 2, 5), (5, 7, 1, 2)]:
         x = np.ones((1, cin, 12, 12), np.float32)
@@ -171,11 +171,12 @@ def test_forced_choices_are_cached_per_configuration(cache):
     assert launch.get_launch(rt, CONV2D, prepared, ("blocked", {"PX": 2, "NV": 1, "VW": 8})) is first
     other = launch.get_launch(rt, CONV2D, prepared, ("blocked", narrow))
     assert other is not first
-    assert dict(first.plan.config) == wide and dict(other.plan.config) == narrow
+    # A plan lists every parameter: those left out at their defaults.
+    assert dict(first.plan.config) == {**wide, "LC": 0, "LX": 0}
+    assert dict(other.plan.config) == {**narrow, "LC": 0, "LX": 0}
     default = launch.get_launch(rt, CONV2D, prepared)
-    assert (default.plan.variant, dict(default.plan.config)) == params.choose(
-        rt.info, CONV2D, prepared.geometry, np.float32
-    )
+    name, config = params.choose(rt.info, CONV2D, prepared.geometry, np.float32)
+    assert (default.plan.variant, dict(default.plan.config)) == (name, CONV2D.variant(name).complete(config))
 
 
 _WRITER = """
@@ -248,3 +249,22 @@ def test_a_forced_choice_holds_in_its_thread_only_and_ends_with_its_block():
     with pytest.raises(RuntimeError), params.forced("direct", {}):
         raise RuntimeError("the block ends early")
     assert params.forced_choice() is None
+
+
+def test_intels_runtime_gets_its_own_work_group_for_the_blocked_kernel():
+    # Intel's runtime runs a group's work-items as vector lanes: its default
+    # blocked launch asks for 4 neighbouring pixel blocks a group; the other
+    # drivers keep their own choice (PoCL: launch.driver_group).
+    info = runtime.get_runtime().info
+    x = np.ones((4, 1, 400, 64), np.float32)
+    g = geometry_of(x, np.ones((1, 2, 64, 64), np.float32), padding="valid", dilation_rate=(1, 256))
+    intel = dataclasses.replace(info, kind="cpu", compiler="intel")
+    name, config = _defaults(intel, g)
+    assert name == "blocked" and (config["LC"], config["LX"]) == (1, 4)
+    plan = variants.make_plan(variants.BLOCKED, config, g, np.float32, "linear", False)
+    assert plan.local_size == (1, 4, 1) and plan.global_size[1] % 4 == 0
+    for compiler in ("pocl", "other"):
+        name, config = _defaults(dataclasses.replace(info, kind="cpu", compiler=compiler), g)
+        assert name == "blocked" and variants.BLOCKED.complete(config)["LC"] == 0
+    narrow = geometry_of(np.ones((1, 1, 9, 64), np.float32), np.ones((1, 2, 64, 64), np.float32))
+    assert "LC" not in _defaults(intel, narrow)[1]  # fewer than 4 pixel blocks a row

@@ -21,7 +21,9 @@ def _geometry():
 
 
 def _defaults(info, g):
-    return CONV2D.defaults(info, g, np.float32)
+    """The default (variant, configuration), every parameter given, as the tuner's space lists it."""
+    name, config = CONV2D.defaults(info, g, np.float32)
+    return name, CONV2D.variant(name).complete(config)
 
 
 def test_tune_stores_a_verified_winner_that_later_calls_use(cache):
