@@ -195,6 +195,13 @@ class Variant:
             and all(rule(full) for rule in self.constraints)
         )
 
+    def admits(self, g: ConvGeometry, config: Config) -> bool:
+        """Whether the tuner may try ``config`` on ``g``: valid, computing ``g``, and worth it."""
+        if not self.valid(config):
+            return False
+        full = self.complete(config)
+        return self.computes(g, full) and self.worth(g, full)
+
     def candidates(self, g: ConvGeometry, dtype: np.dtype) -> list[dict]:
         """The configurations worth trying on ``g``: valid, applicable, narrowed to ``g``."""
         narrowed = self.narrow(g, np.dtype(dtype))
@@ -205,7 +212,7 @@ class Variant:
         out = []
         for combo in itertools.product(*values):
             config = dict(zip(names, combo, strict=True))
-            if self.valid(config) and self.computes(g, config) and self.worth(g, config):
+            if self.admits(g, config):
                 out.append(config)
         return out
 
@@ -455,7 +462,7 @@ def _tiled_candidates(g: ConvGeometry, dtype: np.dtype) -> list[dict]:
             for nb, rw in tiled_spans(g, px, px * nv * vw * itemsize):
                 for ct in narrowed["CT"]:
                     config = {"VW": vw, "NV": nv, "PX": px, "CT": ct, "NB": nb, "RW": rw}
-                    if TILED.valid(config) and TILED.computes(g, config) and TILED.worth(g, config):
+                    if TILED.admits(g, config):
                         out.append(config)
     return out
 
@@ -713,7 +720,7 @@ class _LocalVariant(Variant):
             for lc, lx, ly, px, py in _LOCAL_SHAPES:
                 for ct in (4, 8, 16):
                     config = {"VW": vw, "PX": px, "PY": py, "LC": lc, "LX": lx, "LY": ly, "CT": ct}
-                    if self.valid(config) and self.computes(g, config) and self.worth(g, config):
+                    if self.admits(g, config):
                         out.append(config)
         return out
 
@@ -823,7 +830,7 @@ class _WinogradVariant(Variant):
                         for nt in sorted({winograd_span(g, m, tb, parts) for parts in (1, 2, 4, 8, 16)}):
                             for ct in (32, 64):
                                 config = {"M": m, "VW": vw, "NV": nv, "NS": ns, "NT": nt, "TB": tb, "CT": ct}
-                                if self.valid(config) and self.computes(g, config) and self.worth(g, config):
+                                if self.admits(g, config):
                                     out.append(config)
         return out
 
