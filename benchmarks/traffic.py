@@ -50,6 +50,13 @@ VARIANTS = {
         ("local", {"VW": 4, "PX": 2, "PY": 2, "LC": 16, "LX": 4, "LY": 4, "CT": 8}, "coop. 8x8 tile"),
         ("local", {"VW": 4, "PX": 4, "PY": 4, "LC": 16, "LX": 4, "LY": 4, "CT": 8}, "coop. 16x16 tile"),
         ("local", {"VW": 8, "PX": 4, "PY": 4, "LC": 8, "LX": 8, "LY": 4, "CT": 4}, "coop. 16x32 tile"),
+        # Its partial sums and transformed slices live in a global scratch
+        # buffer (a CPU's L2), which the counter counts as global memory.
+        (
+            "winograd",
+            {"M": 3, "VW": 16, "NV": 4, "NS": 1, "NT": 72, "TB": 6, "CT": 64},
+            "CPU default (Winograd F(3x3))",
+        ),
     ],
     "depthwise": [
         ("depthwise", {"VW": 4, "PX": 4}, "GPU default"),
