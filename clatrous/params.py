@@ -349,6 +349,7 @@ def search_candidates(
     return [
         (variant.name, variant.complete(config))  # every parameter given, as the defaults are compared
         for variant in op.variants
+        if info.kind == "cpu" or not variant.cpu_only
         for config in variant.candidates(g, dtype)
         if fits(info, variant, config, dtype, g)
     ]

@@ -151,6 +151,9 @@ class Variant:
     channels_first
         Whether the kernel reads and writes channels-first data; the others
         index channels-last data only.
+    cpu_only
+        Whether the tuner tries it on CPU devices only (a shape that would
+        leave a GPU idle); it still runs anywhere when forced.
     """
 
     name: str
@@ -170,6 +173,7 @@ class Variant:
     buffers: tuple[str, ...] = ("x", "w", "bias", "y")
     offsets: tuple[str, ...] = ("x",)
     channels_first: bool = False
+    cpu_only: bool = False
 
     def __post_init__(self):
         _NAMES.add(self.name)
@@ -864,6 +868,7 @@ WINOGRAD = _WinogradVariant(
     ),
     scratch=_winograd_scratch,
     buffers=("x", "w", "bias", "y", "scratch"),
+    cpu_only=True,  # at most WI (16) work-items a launch
     options=lambda g, c: [f"-D{k}={c[k]}" for k in ("M", "VW", "NV", "NS", "NT", "TB", "CT")],
     scalars=lambda g, c: (
         *_sizes(g),

@@ -268,3 +268,16 @@ def test_intels_runtime_gets_its_own_work_group_for_the_blocked_kernel():
         assert name == "blocked" and variants.BLOCKED.complete(config)["LC"] == 0
     narrow = geometry_of(np.ones((1, 1, 9, 64), np.float32), np.ones((1, 2, 64, 64), np.float32))
     assert "LC" not in _defaults(intel, narrow)[1]  # fewer than 4 pixel blocks a row
+
+
+def test_the_tuner_tries_the_winograd_kernel_on_cpus_only():
+    # At most 16 work-items a launch: a GPU would sit idle, and the first
+    # GPU session's tuning budget would go to it.
+    info = runtime.get_runtime().info
+    x = np.ones((1, 33, 33, 256), np.float32)
+    g = geometry_of(x, np.ones((3, 3, 256, 64), np.float32), padding="same", dilation_rate=6)
+    names = {}
+    for kind in ("cpu", "gpu"):
+        space = params.search_candidates(dataclasses.replace(info, kind=kind), CONV2D, g, np.float32)
+        names[kind] = {name for name, _ in space}
+    assert "winograd" in names["cpu"] and names["gpu"] == names["cpu"] - {"winograd"}
