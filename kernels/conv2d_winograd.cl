@@ -9,7 +9,7 @@
 // (input channel, output channel) pair, where the direct kernels make 9*M*M.
 // The transforms are the Toom-Cook ones on the points 0, 1, -1 (M = 2),
 // then 2 (M = 3), then -2 (M = 4):
-//   y = AT [(G g GT) * (BT d B)] A        (G and AT scaled as their tables say)
+//   y = AT [(G g GT) * (BT d B)] A        (the tables below)
 // Tiles are numbered along each axis in runs of D: run b, phase p starts at
 // output b*M*D + p and covers outputs D apart; a tile row or column that
 // starts past the output is not numbered, so only the last run of each axis
@@ -21,10 +21,9 @@
 // its channels' weights (into ut) and its tiles' inputs (into vt, vectors
 // along the channels), then multiplies them: ALPHA*ALPHA small matrix
 // products, TB tiles by VW*NV channels held in registers (NS such blocks of
-// channels one after the other), each product's
-// partial sums waiting in memory (part) between slices.  After the last
-// slice it transforms the sums back to outputs, adds the bias and applies
-// the activation.  part, vt and ut are the work-item's own region of
+// channels one after the other), each product's partial sums waiting in
+// memory (part) between slices.  After the last slice it transforms the sums
+// back to outputs, adds the bias and applies the activation.  part, vt and ut are the work-item's own region of
 // `scratch` (a global buffer: a CPU driver offers less local memory than
 // they need, and on a CPU both are the same caches).
 //
@@ -45,7 +44,7 @@
 //   scratch                      SCRATCH elements a work-item (below), for each work-item
 // Requires COUT % VW == 0, CT % VW == 0 and NT % TB == 0.
 // NDRange: dim0 = any number of work-items up to the jobs,
-// ceil(COUT / (VW*NV)) * ceil(N*TY*TX / NT); the work-group is one work-item.
+// ceil(COUT / (VW*NV*NS)) * ceil(N*TY*TX / NT); the work-group is one work-item.
 //
 // Build options (besides those of common.h), with their defaults:
 #ifndef M
@@ -55,7 +54,7 @@
 #define VW 16            // vector width along COUT (and along CIN in the input transform)
 #endif
 #ifndef NV
-#define NV 4             // vectors per work-item: VW*NV output channels
+#define NV 4             // vectors of a register block: VW*NV output channels
 #endif
 #ifndef NS
 #define NS 1             // register blocks of VW*NV channels a job covers, one after the other
