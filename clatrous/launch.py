@@ -139,17 +139,16 @@ class Launch:
                         self.offsets[index] = offset
             for index, buf in enumerate(buffers):
                 kernel.set_arg(index, buf)
-            if self.scratch is None:
-                return cl.enqueue_nd_range_kernel(
-                    queue, kernel, plan.global_size, self.local_size, wait_for=wait_for or None
-                )
-            kernel.set_arg(len(buffers), self.scratch)
-            if self.last is not None:
-                wait_for = [*(wait_for or ()), self.last]
-            self.last = cl.enqueue_nd_range_kernel(
+            if self.scratch is not None:
+                kernel.set_arg(len(buffers), self.scratch)
+                if self.last is not None:
+                    wait_for = [*(wait_for or ()), self.last]
+            event = cl.enqueue_nd_range_kernel(
                 queue, kernel, plan.global_size, self.local_size, wait_for=wait_for or None
             )
-            return self.last
+            if self.scratch is not None:
+                self.last = event
+            return event
 
 
 def forget_launches(runtime: Runtime | None = None) -> None:
