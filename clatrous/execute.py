@@ -33,7 +33,7 @@ from .arguments import Prepared, channels_last_view, is_device_array
 from .errors import DeviceMemoryError, UnsupportedDeviceError
 from .launch import Launch, cached_launch, get_launch
 from .runtime import Runtime, get_runtime, settings
-from .variants import WINOGRAD, Operation, transpose_plan
+from .variants import Operation, transpose_plan
 
 __all__ = ["check_device", "enqueue", "limits", "poison", "run", "runtime_for"]
 
@@ -273,9 +273,9 @@ def run(op: Operation, prepared: Prepared, device, out_shape: tuple[int, ...], o
     # implies, into one host result.
     if choice is None:
         choice = params.choose(runtime.info, op, g, dtype)
-        if choice[0] == WINOGRAD.name and any(piece.axis for piece in pieces):
-            # Its tiles are laid from a piece's first output row, so a band
-            # would sum its rows otherwise than the whole image does.
+        if not op.variant(choice[0]).band_exact and any(piece.axis for piece in pieces):
+            # A band would sum its rows otherwise than the whole image does
+            # (only the dense convolution has such a variant: Winograd's).
             choice = params.conv2d_defaults(runtime.info, g, dtype, winograd=False)
     result = np.empty(out_shape, dtype) if out is None else out
     whole = result.reshape(g.output_shape)

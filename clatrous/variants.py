@@ -154,6 +154,10 @@ class Variant:
     cpu_only
         Whether the tuner tries it on CPU devices only (a shape that would
         leave a GPU idle); it still runs anywhere when forced.
+    band_exact
+        Whether a band of output rows computes each output as the whole
+        image does; not so where tiles are laid from a piece's first row
+        (:func:`clatrous.execute.run` then runs the defaults without it).
     """
 
     name: str
@@ -174,6 +178,7 @@ class Variant:
     offsets: tuple[str, ...] = ("x",)
     channels_first: bool = False
     cpu_only: bool = False
+    band_exact: bool = True
 
     def __post_init__(self):
         _NAMES.add(self.name)
@@ -869,6 +874,7 @@ WINOGRAD = _WinogradVariant(
     scratch=_winograd_scratch,
     buffers=("x", "w", "bias", "y", "scratch"),
     cpu_only=True,  # at most WI (16) work-items a launch
+    band_exact=False,  # tiles start at a piece's first output row
     options=lambda g, c: [f"-D{k}={c[k]}" for k in ("M", "VW", "NV", "NS", "NT", "TB", "CT")],
     scalars=lambda g, c: (
         *_sizes(g),
