@@ -259,10 +259,6 @@ __kernel void conv2d_winograd(__global const REAL *restrict x,
 #pragma unroll
     for (int v = 0; v < NVS; ++v) cov[v] = min(co0 + v * VW, COUT - VW);  // a last, partial block: clamped
 
-    for (int xi = 0; xi < A2; ++xi)                  // the sums start from zero
-        for (int t = 0; t < blocks * TB; ++t)
-            for (int v = 0; v < NVS; ++v) part[xi][t][v] = (realv)0;
-
     for (int ci0 = 0; ci0 < CIN; ci0 += CT) {
         const int cn = min(CT, CIN - ci0);
 
@@ -346,7 +342,7 @@ __kernel void conv2d_winograd(__global const REAL *restrict x,
                 for (int p = 0; p < TB; ++p)
 #pragma unroll
                     for (int v = 0; v < NV; ++v)
-                        acc[p][v] = part[xi][b * TB + p][s * NV + v];
+                        acc[p][v] = ci0 == 0 ? (realv)0 : part[xi][b * TB + p][s * NV + v];
                 for (int c = 0; c < cn; ++c) {
                     realv wv[NV];
 #pragma unroll
